@@ -1,0 +1,1 @@
+"""Baseline drafters and the reference decoders a user would otherwise pick."""
