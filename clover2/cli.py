@@ -24,39 +24,87 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _bench(args: argparse.Namespace) -> None:
-    import torch
-
-    from clover2 import bench
+def _decode_config(args: argparse.Namespace):
     from clover2.decoding import DecodeConfig
-    from clover2.methods import get_method
-    from clover2.provenance import provenance
-    from clover2.targets import load_target
-    from clover2.tasks import load_questions
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    decode = get_method(args.method)
-    questions = load_questions(args.task, limit=args.limit, ids=args.ids)
-    device = args.device or _default_device()
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
-    target = load_target(args.target, device=device, dtype=dtype)
     try:
-        config = DecodeConfig(
+        return DecodeConfig(
             temperature=args.temperature,
             max_new_tokens=args.max_new_tokens,
             max_length=args.max_length,
             seed=args.seed,
         )
     except ValueError as error:
-        raise Clover2Error(f"bench: {error}") from None
+        raise Clover2Error(f"{args.verb}: {error}") from None
+
+
+def _setup(args: argparse.Namespace):
+    """Check the cheap arguments first, then load the target and build the method for it."""
+    import torch
+
+    from clover2.methods import method_factory
+    from clover2.targets import load_target
+    from clover2.tasks import load_questions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    make_method = method_factory(args.method)
+    config = _decode_config(args)
+    questions = load_questions(args.task, limit=args.limit, ids=args.ids)
+    args.device = args.device or _default_device()
+    args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
+    target = load_target(args.target, device=args.device, dtype=args.dtype)
+    return target, make_method(target.model), questions, config
+
+
+def _provenance(args: argparse.Namespace, target) -> dict:
+    from clover2.provenance import provenance
+
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     settings.pop("func")
-    settings.update(device=device, dtype=dtype, target_identity=target.identity)
-    record = provenance(settings, target.model.device, args.seed)
-    rows = bench.run(target, args.method, decode, questions, config, record, warmup=args.warmup)
+    settings["target_identity"] = target.identity
+    return provenance(settings, target.model.device, args.seed)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from clover2 import bench
+
+    target, decode, questions, config = _setup(args)
+    rows = bench.run(target, args.method, decode, questions, config, _provenance(args, target), warmup=args.warmup)
     count = bench.write_jsonl(args.out, rows)
     print(f"{count} questions -> {args.out}")
+
+
+def _check_lossless(args: argparse.Namespace) -> int:
+    import json
+
+    from clover2.atomic import atomic_write_text
+    from clover2.chat import prompt_ids
+    from clover2.lossless import check_greedy, check_sampling
+
+    target, decode, questions, config = _setup(args)
+    if config.temperature == 0:
+        report = check_greedy(target, decode, questions, config)
+        print(f"{args.method} on {args.task}: {report.turns_identical}/{report.turns_checked} turns identical to plain decoding")
+        for miss in report.mismatches:
+            print(f"  question {miss.question_id} turn {miss.turn}: first difference at new token {miss.position}")
+            print(f"    plain:  {miss.plain!r}\n    {args.method}: {miss.method!r}")
+    else:
+        prompt = prompt_ids(target.tokenizer, questions[0].turns[:1], []) if questions else []
+        if not prompt:
+            raise Clover2Error(f"check-lossless: task {args.task!r} selected no question to sample from")
+        report = check_sampling(
+            target, decode, prompt, config.temperature, args.samples, config.max_new_tokens, args.alpha, args.seed
+        )
+        print(
+            f"{args.method} at T={config.temperature}: chi-squared {report.statistic:.1f} on {report.dof} dof over "
+            f"{report.outcomes} continuations of {report.tokens} tokens, p = {report.p_value:.4f} (alpha {report.alpha})"
+        )
+    print("lossless: PASS" if report.passed else "lossless: FAIL")
+    if args.out:
+        document = {"report": report.to_json(), "provenance": _provenance(args, target)}
+        atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+    return 0 if report.passed else 1
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -66,6 +114,21 @@ def _tasks(args: argparse.Namespace) -> None:
         questions = load_questions(name)
         turns = sorted({len(q.turns) for q in questions})
         print(f"{name:16s} {len(questions):5d} questions, turns {turns}")
+
+
+def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--limit", type=int, help="the first N questions of the task")
+    parser.add_argument("--ids", nargs="+", help="only these question ids")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (check-lossless at T > 0: per draw)")
+    parser.add_argument("--max-length", type=int, default=1960, help="prompt + new tokens per turn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,21 +142,19 @@ def _parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=_prepare_target)
 
     run = verbs.add_parser("bench", help="decode a task's questions with one method; one JSON line per question")
-    run.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
-    run.add_argument("--method", required=True)
-    run.add_argument("--task", required=True)
-    run.add_argument("--temperature", type=float, default=0.0)
-    run.add_argument("--limit", type=int, help="the first N questions of the task")
-    run.add_argument("--ids", nargs="+", help="only these question ids")
-    run.add_argument("--max-new-tokens", type=int, default=1024)
-    run.add_argument("--max-length", type=int, default=1960, help="prompt + new tokens per turn")
-    run.add_argument("--seed", type=int, default=0)
+    _decoding_arguments(run)
     run.add_argument("--warmup", type=int, default=3, help="warm-up generations excluded from the records")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU")
     run.add_argument("--out", type=Path, required=True)
     run.set_defaults(func=_bench)
+
+    check = verbs.add_parser(
+        "check-lossless", help="T = 0: every turn equals plain decoding; T > 0: a chi-squared test of the samples"
+    )
+    _decoding_arguments(check)
+    check.add_argument("--samples", type=int, default=2000, help="T > 0: draws per method")
+    check.add_argument("--alpha", type=float, default=0.01, help="T > 0: significance level of the test")
+    check.add_argument("--out", type=Path, help="write the report (JSON) here")
+    check.set_defaults(func=_check_lossless)
 
     tasks = verbs.add_parser("tasks", help="list the registered question sets")
     tasks.set_defaults(func=_tasks)
@@ -103,11 +164,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except Clover2Error as error:
         print(f"clover2: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from clover2.drafter import Drafter, NoDrafter, TargetStates
+from clover2.tree import DraftTree
+from clover2.verify import AcceptRule, default_acceptance
+
 PHASES = ("prefill", "draft", "verify", "bookkeeping")
 
 
@@ -42,6 +46,7 @@ class TurnRecord:
     prompt_tokens: int
     tokens: list[int] = field(default_factory=list)  # new tokens, the stop token included when hit
     accept_lengths: list[int] = field(default_factory=list)  # tokens kept per step; one entry per step
+    failed_depths: list[int | None] = field(default_factory=list)  # per speculative step: first rejected depth
     stop_reason: str = ""  # "stop_token" | "max_new_tokens" | "max_length"
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
@@ -54,8 +59,13 @@ class TurnRecord:
     def steps(self) -> int:
         return len(self.accept_lengths)
 
+    @property
+    def tau(self) -> float:
+        """Mean tokens per step, the bonus token included (METHODS.md §8)."""
+        return self.new_tokens / self.steps if self.steps else 0.0
+
     def to_json(self) -> dict:
-        return {**asdict(self), "new_tokens": self.new_tokens, "steps": self.steps}
+        return {**asdict(self), "new_tokens": self.new_tokens, "steps": self.steps, "tau": self.tau}
 
 
 class Stopwatch:
@@ -97,6 +107,75 @@ def token_budget(prompt_tokens: int, config: DecodeConfig) -> tuple[int, str]:
     return config.max_new_tokens, "max_new_tokens"
 
 
+class StateTap:
+    """Reads the target's last-layer states off its final norm: input u (pre-norm), output h."""
+
+    def __init__(self, model: PreTrainedModel, enabled: bool) -> None:
+        self._states: TargetStates | None = None
+        norm = model.get_decoder().norm
+        self._handle = norm.register_forward_hook(self._capture) if enabled else None
+
+    def _capture(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._states = TargetStates(u=args[0][0], h=output[0])
+
+    def take(self, index: list[int] | slice = slice(None)) -> TargetStates | None:
+        """The states of the last forward (rows `index`), or None when no drafter asked for them."""
+        if self._states is None:
+            return None
+        return TargetStates(u=self._states.u[index], h=self._states.h[index])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def verify_forward(model: PreTrainedModel, cache: DynamicCache, tree: DraftTree) -> torch.Tensor:
+    """One target forward over every tree node; returns the logits after each node [N, V].
+
+    Each node sits at position prefix + depth and attends to the whole prefix, its ancestors and
+    itself; its K/V entries land in the cache after the prefix, in node order.
+    """
+    prefix = cache.get_seq_length()
+    device = model.device
+    shape = tree.shape
+    visible = torch.cat([torch.ones(shape.size, prefix, dtype=torch.bool), shape.mask], dim=1)
+    output = model(
+        input_ids=tree.tokens.view(1, -1).to(device),
+        position_ids=(prefix + shape.depths).view(1, -1).to(device),
+        attention_mask=visible.view(1, 1, shape.size, -1).to(device),
+        cache=cache,
+        use_cache=True,
+    )
+    return output.logits[0]
+
+
+def keep_path(cache: DynamicCache, prefix: int, path: list[int]) -> None:
+    """Keep the K/V entries of the accepted path, moved right behind the prefix; drop every other node."""
+    if path != list(range(len(path))):
+        source = torch.tensor(path, device=cache.layers[0].keys.device) + prefix
+        for layer in cache.layers:
+            layer.keys[..., prefix : prefix + len(path), :] = layer.keys[..., source, :]
+            layer.values[..., prefix : prefix + len(path), :] = layer.values[..., source, :]
+    excess = cache.get_seq_length() - prefix - len(path)
+    if excess:
+        cache.crop(-excess)  # transformers 5.24: a negative count removes that many entries
+
+
+def _take_tokens(record: TurnRecord, tokens: list[int], stops: set[int], budget: int) -> bool:
+    """Append a step's tokens up to the first stop token or the budget; True when the turn is over."""
+    kept = 0
+    for token in tokens:
+        record.tokens.append(token)
+        kept += 1
+        if token in stops:
+            record.stop_reason = "stop_token"
+            break
+        if len(record.tokens) >= budget:
+            break
+    record.accept_lengths.append(kept)
+    return record.stop_reason == "stop_token" or len(record.tokens) >= budget
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -104,8 +183,15 @@ def generate(
     config: DecodeConfig,
     stop_token_ids: Sequence[int],
     generator: torch.Generator | None = None,
+    drafter: Drafter | None = None,
+    acceptance: AcceptRule | None = None,
 ) -> TurnRecord:
-    """Decode one turn with the target alone: prefill, then one forward per token."""
+    """Decode one turn: prefill, then draft -> verify -> accept until a stopping rule fires.
+
+    Without a drafter every tree is the root alone, which is plain decoding.
+    """
+    drafter = drafter or NoDrafter()
+    acceptance = acceptance or default_acceptance
     record = TurnRecord(prompt_tokens=len(prompt_ids))
     budget, limit_reason = token_budget(len(prompt_ids), config)
     record.stop_reason = limit_reason
@@ -114,24 +200,32 @@ def generate(
     device = model.device
     stops = set(stop_token_ids)
     clock = Stopwatch(device)
+    tap = StateTap(model, drafter.needs_states)
     started = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    with clock.phase("prefill"):
-        input_ids = torch.tensor([list(prompt_ids)], device=device)
-        logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
-    while True:
-        with clock.phase("bookkeeping"):
-            token = sample(logits[:, -1], config.temperature, generator)
-            token_id = int(token)
-            record.tokens.append(token_id)
-            record.accept_lengths.append(1)
-            if token_id in stops:
-                record.stop_reason = "stop_token"
-                break
-            if len(record.tokens) >= budget:
-                break
-        with clock.phase("verify"):
-            logits = model(input_ids=token.view(1, 1), cache=cache, use_cache=True).logits
+    try:
+        with clock.phase("prefill"):
+            prompt = torch.tensor(list(prompt_ids), device=device)
+            logits = model(input_ids=prompt.view(1, -1), cache=cache, use_cache=True, logits_to_keep=1).logits[0]
+            root = int(sample(logits[-1], config.temperature, generator))
+            drafter.prefill(prompt, tap.take())
+        finished = _take_tokens(record, [root], stops, budget)
+        while not finished:
+            with clock.phase("draft"):
+                tree = drafter.draft(root, config.temperature, generator)
+            with clock.phase("verify"):
+                prefix = cache.get_seq_length()
+                logits = verify_forward(model, cache, tree)
+            with clock.phase("bookkeeping"):
+                result = acceptance(tree, logits, config.temperature, generator)
+                keep_path(cache, prefix, result.path)
+                kept = tree.tokens[result.path]
+                drafter.accept(kept, tap.take(result.path))
+                record.failed_depths.append(result.failed_depth)
+                finished = _take_tokens(record, [*kept[1:].tolist(), result.bonus], stops, budget)
+                root = result.bonus
+    finally:
+        tap.close()
     record.seconds = clock.seconds
     record.wall_seconds = time.perf_counter() - started
     return record

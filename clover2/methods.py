@@ -1,7 +1,8 @@
-"""The registry of decoding methods: name -> a function that decodes one turn.
+"""The registry of decoding methods: name -> a factory that, given the target, decodes one turn.
 
-Every method has the signature of `clover2.decoding.generate` and returns a `TurnRecord`, so the
-benchmark runner and the metrics never need to know which method produced a record.
+Every method has the signature of `clover2.decoding.generate` once built and returns a
+`TurnRecord`, so the benchmark runner, the losslessness checker and the metrics never need to know
+which method produced a record. A speculative method is the engine plus a drafter.
 """
 
 from __future__ import annotations
@@ -13,19 +14,39 @@ import torch
 from transformers import PreTrainedModel
 
 from baselines.hf_generate import PROMPT_LOOKUP_TOKENS, hf_generate
+from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, TurnRecord, generate
+from clover2.drafter import Drafter
 from clover2.errors import Clover2Error
+from clover2.self_draft import SelfDrafter
+from clover2.tree import TreeShape, static_tree
 
 DecodeTurn = Callable[[PreTrainedModel, Sequence[int], DecodeConfig, Sequence[int], torch.Generator | None], TurnRecord]
+MethodFactory = Callable[[PreTrainedModel], DecodeTurn]
 
-METHODS: dict[str, DecodeTurn] = {
-    "vanilla": generate,
-    "hf-generate": hf_generate,
-    "hf-prompt-lookup": partial(hf_generate, prompt_lookup_tokens=PROMPT_LOOKUP_TOKENS),
+SELF_CHAIN_DEPTH = 5  # as deep as the 25-node tree
+PROMPT_LOOKUP_BRANCHES = 4
+
+
+def speculative(make_drafter: Callable[[PreTrainedModel], Drafter]) -> MethodFactory:
+    """A method that runs the engine with a drafter built for the target."""
+    return lambda model: partial(generate, drafter=make_drafter(model))
+
+
+METHODS: dict[str, MethodFactory] = {
+    "vanilla": lambda model: generate,
+    "hf-generate": lambda model: hf_generate,
+    "hf-prompt-lookup": lambda model: partial(hf_generate, prompt_lookup_tokens=PROMPT_LOOKUP_TOKENS),
+    "prompt-lookup": speculative(lambda model: PromptLookupDrafter(length=PROMPT_LOOKUP_TOKENS)),
+    "prompt-lookup-tree": speculative(
+        lambda model: PromptLookupDrafter(length=PROMPT_LOOKUP_TOKENS, branches=PROMPT_LOOKUP_BRANCHES)
+    ),
+    "self": speculative(lambda model: SelfDrafter(model, TreeShape.chain(SELF_CHAIN_DEPTH))),
+    "self-tree": speculative(lambda model: SelfDrafter(model, static_tree("eagle_mc_sim_7b_63"))),
 }
 
 
-def get_method(name: str) -> DecodeTurn:
+def method_factory(name: str) -> MethodFactory:
     try:
         return METHODS[name]
     except KeyError:

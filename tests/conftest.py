@@ -43,3 +43,4 @@ def tiny_llama() -> LlamaForCausalLM:
         pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()
+

@@ -42,7 +42,9 @@ def test_greedy_plain_equals_hf_generate_on_smollm2(smollm2, question):
 
 def test_every_method_decodes_the_same_greedy_tokens(tiny_llama):
     config = DecodeConfig(max_new_tokens=32)
-    outputs = {name: decode(tiny_llama, PROMPTS[1], config, NO_STOP, None).tokens for name, decode in METHODS.items()}
+    outputs = {
+        name: make(tiny_llama)(tiny_llama, PROMPTS[1], config, NO_STOP, None).tokens for name, make in METHODS.items()
+    }
     assert len(set(map(tuple, outputs.values()))) == 1, outputs
 
 
@@ -80,14 +82,14 @@ def test_plain_decoding_counts_one_token_per_step_prefill_included(tiny_llama):
     record = generate(tiny_llama, PROMPTS[0], DecodeConfig(max_new_tokens=20), NO_STOP)
     assert record.steps == record.new_tokens == 20
     assert record.accept_lengths == [1] * 20
-    assert record.seconds["prefill"] > 0 and record.seconds["verify"] > 0 and record.seconds["draft"] == 0
+    assert record.seconds["prefill"] > 0 and record.seconds["verify"] > record.seconds["draft"]
     assert sum(record.seconds.values()) <= record.wall_seconds
 
 
 def test_hf_prompt_lookup_records_real_steps(tiny_llama):
     # A repetitive prompt gives prompt lookup n-gram matches, so some steps keep several tokens.
     prompt = [1] + [17, 23, 99, 4] * 8
-    record = METHODS["hf-prompt-lookup"](tiny_llama, prompt, DecodeConfig(max_new_tokens=40), NO_STOP, None)
+    record = METHODS["hf-prompt-lookup"](tiny_llama)(tiny_llama, prompt, DecodeConfig(max_new_tokens=40), NO_STOP, None)
     plain = generate(tiny_llama, prompt, DecodeConfig(max_new_tokens=40), NO_STOP)
     assert record.tokens == plain.tokens
     assert sum(record.accept_lengths) == record.new_tokens

@@ -1,0 +1,94 @@
+"""A drafter that drafts with the target itself: a test of the speculative machinery, not a speed-up.
+
+At temperature 0 its drafts are the target's own argmax choices, so every drafted token on the
+tree's top-1 path is accepted and tau = depth + 1 exactly; anything less points at a bug in the
+tree masks, positions, acceptance or cache handling. At temperature > 0 it samples each node's
+children from the target's own distribution without replacement, so the first child is always
+accepted.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from clover2.drafter import TargetStates
+from clover2.tree import DraftTree, TreeShape
+
+
+class SelfDrafter:
+    needs_states = False
+
+    def __init__(self, model: PreTrainedModel, shape: TreeShape) -> None:
+        self.model, self.shape = model, shape
+        self.cache = DynamicCache(config=model.config)
+        self.pending = torch.empty(0, dtype=torch.long)  # kept tokens not yet in our own cache
+
+    def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.pending = prompt.cpu()
+
+    def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
+        self.pending = torch.cat([self.pending, tokens.cpu()])
+
+    @torch.inference_mode()
+    def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
+        shape, device = self.shape, self.model.device
+        context = torch.cat([self.pending, torch.tensor([root])]).to(device)
+        root_logits = self.model(input_ids=context.view(1, -1), cache=self.cache, use_cache=True).logits[0, -1]
+        base = self.cache.get_seq_length()  # the context up to and including the root
+        logits = root_logits.new_zeros(shape.size, root_logits.shape[-1])
+        logits[0] = root_logits
+        tokens = torch.zeros(shape.size, dtype=torch.long)
+        tokens[0] = root
+        probs = None if temperature == 0 else torch.zeros_like(logits)
+        for depth in range(1, shape.max_depth + 1):
+            nodes = shape.nodes_at(depth)
+            self._choose_children(nodes, logits, tokens, probs, temperature, generator)
+            if depth < shape.max_depth:
+                logits[nodes] = self._forward_level(nodes, tokens, base)
+        # Drop the root and the tree: the kept tokens come back through accept(), the root first.
+        self.cache.crop(-(self.cache.get_seq_length() - base + 1))
+        self.pending = torch.empty(0, dtype=torch.long)
+        return DraftTree(tokens, shape, torch.zeros(shape.size), probs)
+
+    def _choose_children(
+        self,
+        nodes: torch.Tensor,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        probs: torch.Tensor | None,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> None:
+        """Give each node at this depth the candidate of its rank among its parent's top choices."""
+        parents, ranks = self.shape.parents[nodes], self.shape.ranks[nodes]
+        for parent in parents.unique().tolist():
+            mine = parents == parent
+            count = int(ranks[mine].max()) + 1
+            if probs is None:
+                candidates = logits[parent].topk(count).indices
+            else:
+                probs[parent] = torch.softmax(logits[parent].float() / temperature, dim=-1)
+                candidates = _sample_without_replacement(probs[parent], count, generator)
+            tokens[nodes[mine]] = candidates[ranks[mine].to(candidates.device)].cpu()
+
+    def _forward_level(self, nodes: torch.Tensor, tokens: torch.Tensor, base: int) -> torch.Tensor:
+        """Run one depth of the tree through the target over its own cache (earlier depths already there)."""
+        last = int(nodes[-1])
+        visible = torch.cat([torch.ones(nodes.numel(), base, dtype=torch.bool), self.shape.mask[nodes, 1 : last + 1]], 1)
+        device = self.model.device
+        output = self.model(
+            input_ids=tokens[nodes].view(1, -1).to(device),
+            position_ids=(base - 1 + self.shape.depths[nodes]).view(1, -1).to(device),
+            attention_mask=visible.view(1, 1, nodes.numel(), -1).to(device),
+            cache=self.cache,
+            use_cache=True,
+        )
+        return output.logits[0]
+
+
+def _sample_without_replacement(probs: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` distinct tokens in the order successive draws without replacement would give them (Gumbel top-k)."""
+    uniform = torch.rand(probs.shape, generator=generator, device=probs.device).clamp(min=1e-20)
+    return (probs.log() - (-uniform.log()).log()).topk(count).indices

@@ -1,0 +1,93 @@
+"""`clover2 bench` end to end on the real small target, and the CLI's one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clover2.chat import prompt_ids
+from clover2.cli import main
+from clover2.targets import load_target
+from clover2.tasks import load_questions
+
+
+@pytest.fixture(scope="module")
+def mt_bench_rows(smollm2_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "vanilla.jsonl"
+    code = main(
+        ["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--task", "mt_bench", "--limit", "2",
+         "--max-new-tokens", "24", "--warmup", "1", "--threads", "2", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_bench_writes_one_row_per_question_with_provenance(mt_bench_rows):
+    assert [row["question_id"] for row in mt_bench_rows] == ["81", "82"]
+    for row in mt_bench_rows:
+        assert row["task"] == "mt_bench" and row["method"] == "vanilla"
+        assert len(row["turns"]) == 2
+        provenance = row["provenance"]
+        assert provenance["threads"] == 2 and provenance["seed"] == 0
+        assert provenance["device"].startswith("cpu")
+        assert provenance["packages"]["transformers"].startswith("5.")
+        assert len(provenance["config_hash"]) == 16 and provenance["git_commit"]
+        assert provenance["config"]["target_identity"]["name"] == "smollm2-135m-instruct"
+        for turn in row["turns"]:
+            assert 0 < turn["new_tokens"] <= 24 and turn["steps"] == turn["new_tokens"]
+            assert set(turn["seconds"]) == {"prefill", "draft", "verify", "bookkeeping"}
+            assert turn["text"]
+
+
+def test_second_turn_prompt_contains_the_first_answer(mt_bench_rows, smollm2_dir):
+    tokenizer = load_target(smollm2_dir).tokenizer
+    row = mt_bench_rows[0]
+    first_answer = row["turns"][0]["text"]
+    question = load_questions("mt_bench", ids=["81"])[0]
+    second_prompt = tokenizer.decode(prompt_ids(tokenizer, question.turns, [first_answer]))
+    assert first_answer in second_prompt
+    assert row["turns"][1]["prompt_tokens"] == len(prompt_ids(tokenizer, question.turns, [first_answer]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope", "--task", "qa"], "unknown method 'nope'"),
+        (["--method", "vanilla", "--task", "nope"], "unknown task 'nope'"),
+        (["--method", "vanilla", "--task", "qa", "--limit", "-1"], "limit must be >= 0"),
+        (["--method", "vanilla", "--task", "qa", "--max-new-tokens", "0"], "max_new_tokens"),
+    ],
+)
+def test_bench_bad_input_is_a_one_line_error(smollm2_dir, tmp_path, args, message):
+    out = tmp_path / "x.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "clover2.cli", "bench", "--target", str(smollm2_dir), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and message in run.stderr
+    assert not out.exists()
+
+
+def test_bench_on_a_directory_that_is_not_a_target(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "clover2.cli", "bench", "--target", str(tmp_path), "--method", "vanilla",
+         "--task", "qa", "--out", str(tmp_path / "x.jsonl")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert str(tmp_path) in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_prepare_target_unknown_name_is_a_one_line_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "target"
+    run = subprocess.run(
+        [sys.executable, "-m", "clover2.cli", "prepare-target", "no-such-model", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "unknown target 'no-such-model'" in run.stderr and run.stderr.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
