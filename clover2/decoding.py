@@ -110,13 +110,14 @@ def token_budget(prompt_tokens: int, config: DecodeConfig) -> tuple[int, str]:
 class StateTap:
     """Reads the target's last-layer states off its final norm: input u (pre-norm), output h."""
 
-    def __init__(self, model: PreTrainedModel, enabled: bool) -> None:
+    def __init__(self, model: PreTrainedModel, enabled: bool, batched: bool = False) -> None:
         self._states: TargetStates | None = None
+        self._batched = batched  # keep [B, T, H]; decoding runs batch 1 and keeps [T, H]
         norm = model.get_decoder().norm
         self._handle = norm.register_forward_hook(self._capture) if enabled else None
 
     def _capture(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self._states = TargetStates(u=args[0][0], h=output[0])
+        self._states = TargetStates(u=args[0], h=output) if self._batched else TargetStates(u=args[0][0], h=output[0])
 
     def take(self, index: list[int] | slice = slice(None)) -> TargetStates | None:
         """The states of the last forward (rows `index`), or None when no drafter asked for them."""

@@ -54,3 +54,35 @@ class NoDrafter:
 
     def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
         pass
+
+
+def choose_children(
+    shape: TreeShape,
+    nodes: torch.Tensor,
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    probs: torch.Tensor | None,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> None:
+    """Fill in `tokens` for `nodes` (one depth of a static tree) from their parents' draft logits.
+
+    A node of rank r takes its parent's r-th choice: the top-k at T = 0; at T > 0 the k tokens drawn
+    without replacement from q = softmax(logits / T), recorded in `probs` for lossless acceptance.
+    """
+    parents, ranks = shape.parents[nodes], shape.ranks[nodes]
+    for parent in parents.unique().tolist():
+        mine = parents == parent
+        count = int(ranks[mine].max()) + 1
+        if probs is None:
+            candidates = logits[parent].topk(count).indices
+        else:
+            probs[parent] = torch.softmax(logits[parent].float() / temperature, dim=-1)
+            candidates = sample_without_replacement(probs[parent], count, generator)
+        tokens[nodes[mine]] = candidates[ranks[mine].to(candidates.device)].cpu()
+
+
+def sample_without_replacement(probs: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` distinct tokens in the order successive draws without replacement would give them (Gumbel top-k)."""
+    uniform = torch.rand(probs.shape, generator=generator, device=probs.device).clamp(min=1e-20)
+    return (probs.log() - (-uniform.log()).log()).topk(count).indices

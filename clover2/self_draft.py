@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.drafter import TargetStates
+from clover2.drafter import TargetStates, choose_children
 from clover2.tree import DraftTree, TreeShape
 
 
@@ -44,34 +44,13 @@ class SelfDrafter:
         probs = None if temperature == 0 else torch.zeros_like(logits)
         for depth in range(1, shape.max_depth + 1):
             nodes = shape.nodes_at(depth)
-            self._choose_children(nodes, logits, tokens, probs, temperature, generator)
+            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
             if depth < shape.max_depth:
                 logits[nodes] = self._forward_level(nodes, tokens, base)
         # Drop the root and the tree: the kept tokens come back through accept(), the root first.
         self.cache.crop(-(self.cache.get_seq_length() - base + 1))
         self.pending = torch.empty(0, dtype=torch.long)
         return DraftTree(tokens, shape, torch.zeros(shape.size), probs)
-
-    def _choose_children(
-        self,
-        nodes: torch.Tensor,
-        logits: torch.Tensor,
-        tokens: torch.Tensor,
-        probs: torch.Tensor | None,
-        temperature: float,
-        generator: torch.Generator | None,
-    ) -> None:
-        """Give each node at this depth the candidate of its rank among its parent's top choices."""
-        parents, ranks = self.shape.parents[nodes], self.shape.ranks[nodes]
-        for parent in parents.unique().tolist():
-            mine = parents == parent
-            count = int(ranks[mine].max()) + 1
-            if probs is None:
-                candidates = logits[parent].topk(count).indices
-            else:
-                probs[parent] = torch.softmax(logits[parent].float() / temperature, dim=-1)
-                candidates = _sample_without_replacement(probs[parent], count, generator)
-            tokens[nodes[mine]] = candidates[ranks[mine].to(candidates.device)].cpu()
 
     def _forward_level(self, nodes: torch.Tensor, tokens: torch.Tensor, base: int) -> torch.Tensor:
         """Run one depth of the tree through the target over its own cache (earlier depths already there)."""
@@ -87,8 +66,3 @@ class SelfDrafter:
         )
         return output.logits[0]
 
-
-def _sample_without_replacement(probs: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
-    """`count` distinct tokens in the order successive draws without replacement would give them (Gumbel top-k)."""
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device).clamp(min=1e-20)
-    return (probs.log() - (-uniform.log()).log()).topk(count).indices

@@ -1,0 +1,129 @@
+"""Trainable draft heads: the batch they learn from, the protocol they follow, their registry and checkpoints.
+
+A head is built from the target it drafts for (`HeadClass(target, **options)` copies what it
+initialises from the target and keeps references to the frozen pieces it shares, such as the LM
+head); only its trainable weights are saved. A head directory holds `head.safetensors`,
+`head.json` (method, options, the target's identity and sizes) and, once trained, the training log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from clover2.atomic import atomic_directory
+from clover2.drafter import Drafter
+from clover2.errors import Clover2Error
+
+WEIGHTS, CONFIG = "head.safetensors", "head.json"
+
+
+@dataclass
+class TrainBatch:
+    """Sequences and what the frozen target says about them (teacher signals for distillation)."""
+
+    input_ids: torch.Tensor  # long [B, T]
+    loss_mask: torch.Tensor  # bool [B, T]: token t is an assistant token, i.e. one worth predicting
+    attention_mask: torch.Tensor  # bool [B, T]: False on padding
+    u: torch.Tensor  # [B, T, H] the target's last-layer states before the final norm
+    h: torch.Tensor  # [B, T, H] after the final norm (what the LM head sees)
+    teacher_logits: torch.Tensor  # [B, T, V] the target's logits for token t + 1
+
+
+@dataclass
+class HeadLoss:
+    """A training loss and what to log about it; accuracies are counts so they add up over batches."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+    top1: list[int] = field(default_factory=list)  # per head: predictions whose top-1 is the teacher's top-1
+    top5: list[int] = field(default_factory=list)  # per head: teacher's top-1 within the head's top-5
+    counted: list[int] = field(default_factory=list)  # per head: positions scored
+
+
+class DraftHead(nn.Module):
+    """The protocol every trainable head follows; subclasses register under their method name."""
+
+    method: ClassVar[str]
+
+    def __init__(self, target: PreTrainedModel, **options) -> None:
+        super().__init__()
+        self.options = options
+        self.recorded: dict = {}  # facts about how the head was built, saved beside the options
+        self.hidden_size = target.config.hidden_size
+        self.vocab_size = target.config.vocab_size
+
+    def loss(self, batch: TrainBatch) -> HeadLoss:
+        raise NotImplementedError
+
+    def drafter(self) -> Drafter:
+        """A drafter that proposes trees with this head (its tree settings come from the options)."""
+        raise NotImplementedError
+
+
+HEADS: dict[str, type[DraftHead]] = {}
+
+
+def register(cls: type[DraftHead]) -> type[DraftHead]:
+    HEADS[cls.method] = cls
+    return cls
+
+
+def head_class(method: str) -> type[DraftHead]:
+    if method not in HEADS:
+        raise Clover2Error(f"unknown head method {method!r}; known: {', '.join(sorted(HEADS))}")
+    return HEADS[method]
+
+
+def trainable_state(head: DraftHead) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in head.named_parameters() if p.requires_grad}
+
+
+def save_head(head: DraftHead, directory: Path, target_identity: dict, extra_files: dict[str, str] | None = None) -> Path:
+    """Write the head's trainable weights and config atomically (a directory that exists is complete)."""
+    config = {
+        "method": head.method,
+        "options": head.options,
+        "recorded": head.recorded,
+        "hidden_size": head.hidden_size,
+        "vocab_size": head.vocab_size,
+        "target": target_identity,
+    }
+    with atomic_directory(directory) as tmp:
+        save_file(trainable_state(head), tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return Path(directory)
+
+
+def load_head(directory: Path, target: PreTrainedModel) -> DraftHead:
+    """Rebuild a head for `target` and load its trained weights; mismatches are errors naming the file."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG, directory / WEIGHTS
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        method, options = config["method"], config["options"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise Clover2Error(f"{config_path}: not a head config ({error})") from None
+    for key, actual in (("hidden_size", target.config.hidden_size), ("vocab_size", target.config.vocab_size)):
+        if config.get(key) != actual:
+            raise Clover2Error(f"{config_path}: {key} is {config.get(key)}, but the target's is {actual}: a head for another target")
+    head = head_class(method)(target, **options)
+    try:
+        state = load_file(weights_path)
+    except (OSError, SafetensorError) as error:
+        raise Clover2Error(f"{weights_path}: cannot read the head's weights ({error})") from None
+    missing = set(trainable_state(head)) - set(state)
+    if missing:
+        raise Clover2Error(f"{weights_path}: lacks {len(missing)} weights of a {method} head (e.g. {sorted(missing)[0]})")
+    head.load_state_dict(state, strict=False)
+    return head

@@ -1,0 +1,209 @@
+"""The Clover-2 draft head (METHODS.md §3) and its drafter.
+
+Per decoding step: fuse each newly kept token into the target's pre-norm state (AD1), run the
+2-layer Augmenting Block once over those positions (own KV cache), project with FC0 for head 0,
+then unroll the weight-tied AD2 + FC2 cell down the tree, one node state per drafted token.
+Token embeddings are the frozen, un-normalised rows of the target's LM head, which also gives
+the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.drafter import TargetStates, choose_children
+from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
+from clover2.tree import DraftTree, static_tree
+
+
+def _near_identity(rows: int, columns: int) -> torch.Tensor:
+    """U[0, 0.01) noise plus an identity on the first `rows` columns (METHODS.md §3 initialisations)."""
+    weight = torch.rand(rows, columns) * 0.01
+    weight[:, :rows] += torch.eye(rows)
+    return weight
+
+
+class AttentionDecoder(nn.Module):
+    """AD(x, y) = x + concat_j(cosine(q_j, k_j) * v_j): one key per row, so no softmax and no output projection."""
+
+    def __init__(self, hidden: int, heads: int, norm: nn.Module) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = norm
+        self.q, self.k, self.v = (nn.Linear(hidden, hidden) for _ in range(3))
+        with torch.no_grad():
+            self.q.weight.copy_(_near_identity(hidden, hidden))
+            self.k.weight.copy_(_near_identity(hidden, hidden))
+            self.v.weight.copy_(torch.rand(hidden, hidden) * 0.01)
+            for layer in (self.q, self.k, self.v):
+                layer.bias.zero_()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        split = lambda t: t.unflatten(-1, (self.heads, -1))  # noqa: E731
+        q, k, v = split(self.q(self.norm(x))), split(self.k(y)), split(self.v(y))
+        alpha = F.cosine_similarity(q, k, dim=-1).unsqueeze(-1)
+        return x + (alpha * v).flatten(-2)
+
+
+def _shifted(x: torch.Tensor, offset: int, length: int) -> torch.Tensor:
+    """x[:, offset : offset + length] padded with zeros (False) at the end to `length` positions."""
+    part = x[:, offset : offset + length]
+    missing = length - part.shape[1]
+    if missing <= 0:
+        return part
+    pad = part.new_zeros((part.shape[0], missing, *part.shape[2:]))
+    return torch.cat([part, pad], dim=1)
+
+
+@register
+class Clover2Head(DraftHead):
+    method = "clover2"
+
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        heads: int = 5,
+        tree: str = "eagle_mc_sim_7b_63",
+        regression_weight: float = 10.0,
+        ce_weight: float = 1.0,
+        decay: float = 0.7,
+    ) -> None:
+        decoder = target.get_decoder()
+        super().__init__(
+            target, heads=heads, tree=tree, regression_weight=regression_weight, ce_weight=ce_weight, decay=decay
+        )
+        # The Augmenting Block uses the target's own RoPE base; the public code hard-codes 10000.
+        self.recorded["rope_theta"] = target.config.rope_parameters.get("rope_theta")
+        hidden, n_heads = target.config.hidden_size, target.config.num_attention_heads
+        norm_type = type(decoder.norm)
+        self.register_buffer("lm_weight", target.get_output_embeddings().weight.detach(), persistent=False)
+        self.ad1 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
+        self.ad2 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
+        self.blocks = nn.ModuleList(copy.deepcopy(decoder.layers[-1]) for _ in range(2))
+        for index, block in enumerate(self.blocks):
+            block.self_attn.layer_idx = index  # its own cache, not the target's
+        self.rotary = copy.deepcopy(decoder.rotary_emb)
+        self.norm_c = copy.deepcopy(decoder.norm)
+        self.norm_h = copy.deepcopy(decoder.norm)
+        self.fc0 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(2 * hidden, hidden)
+        with torch.no_grad():
+            self.fc0.weight.copy_(_near_identity(hidden, hidden))
+            self.fc2.weight.copy_(_near_identity(hidden, 2 * hidden))
+            self.fc0.bias.zero_()
+            self.fc2.bias.zero_()
+        for param in self.parameters():
+            param.requires_grad_(True)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.lm_weight)
+
+    def logits(self, projected: torch.Tensor) -> torch.Tensor:
+        return F.linear(projected, self.lm_weight)
+
+    def augment(self, a: torch.Tensor, start: int, visible: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
+        """s0 = RMSNorm_c(AB(a)) for a [B, L, H] at positions start.., attending as `visible` [B, 1, L, kv] allows."""
+        positions = torch.arange(start, start + a.shape[1], device=a.device).expand(a.shape[0], -1)
+        rope = self.rotary(a, positions)
+        x = a
+        for block in self.blocks:
+            x = block(x, attention_mask=visible, position_ids=positions, cache=cache, use_cache=cache is not None,
+                      position_embeddings=rope)  # fmt: skip
+        return self.norm_c(x)
+
+    def head0(self, s: torch.Tensor) -> torch.Tensor:
+        return self.norm_h(self.fc0(s))
+
+    def step(self, s: torch.Tensor, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads >= 1: the next RNN state and its projected output, given the token drafted before."""
+        s = self.ad2(s, token_embedding)
+        return s, self.norm_h(self.fc2(torch.cat([s, token_embedding], dim=-1)))
+
+    def loss(self, batch: TrainBatch) -> HeadLoss:
+        """Distillation (METHODS.md §3): head i at t learns h_{t+i+1} and p_{t+i+1}, weighted decay^i."""
+        ids, length = batch.input_ids, batch.input_ids.shape[1] - 1
+        a = self.ad1(batch.u[:, :length], self.embed(ids[:, 1:]))
+        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        visible = causal & batch.attention_mask[:, None, None, :length]
+        s = self.augment(a, 0, visible, None)
+        output = self.head0(s)
+        result = HeadLoss(total=a.new_zeros(()))
+        parts = {"regression": 0.0, "soft_ce": 0.0}
+        for i in range(self.options["heads"]):
+            if i > 0:
+                s, output = self.step(s, self.embed(_shifted(ids, i + 1, length)))
+            mask = _shifted(batch.loss_mask & batch.attention_mask, i + 2, length)
+            predicted = output[mask]
+            logits = self.logits(predicted)
+            teacher = _shifted(batch.teacher_logits, i + 1, length)[mask]
+            regression = smooth_l1(predicted, _shifted(batch.h, i + 1, length)[mask])
+            soft = soft_cross_entropy(logits, teacher)
+            weight = self.options["decay"] ** i
+            result.total = result.total + weight * (
+                self.options["regression_weight"] * regression + self.options["ce_weight"] * soft
+            )
+            parts["regression"] += float(regression.detach())
+            parts["soft_ce"] += float(soft.detach())
+            hit1, hit5, counted = topk_hits(logits, teacher)
+            result.top1.append(hit1)
+            result.top5.append(hit5)
+            result.counted.append(counted)
+        result.parts = parts
+        return result
+
+    def drafter(self) -> Clover2Drafter:
+        return Clover2Drafter(self)
+
+
+class Clover2Drafter:
+    """Drafts a static tree with a Clover-2 head; the Augmenting Block's cache holds kept tokens only."""
+
+    needs_states = True
+
+    def __init__(self, head: Clover2Head) -> None:
+        self.head = head
+        self.shape = static_tree(head.options["tree"])
+        self.cache = DynamicCache()
+        self.pending_u = torch.empty(0)
+        self.pending_next: torch.Tensor = torch.empty(0, dtype=torch.long)
+
+    def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:
+        self.cache = DynamicCache()
+        self.accept(prompt, states)
+
+    def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
+        # Each kept state u_t pairs with the token after it; the last one waits for the next root.
+        self.pending_u = states.u
+        self.pending_next = tokens[1:].to(states.u.device)
+
+    @torch.inference_mode()
+    def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
+        head, shape = self.head, self.shape
+        device = self.pending_u.device
+        nexts = torch.cat([self.pending_next, torch.tensor([root], device=device)])
+        a = head.ad1(self.pending_u, head.embed(nexts))[None]
+        done, new = self.cache.get_seq_length(), a.shape[1]
+        visible = torch.cat(
+            [torch.ones(new, done, dtype=torch.bool), torch.ones(new, new, dtype=torch.bool).tril()], dim=1
+        ).to(device)
+        states = a.new_zeros(shape.size, a.shape[-1])
+        states[0] = head.augment(a, done, visible[None, None], self.cache)[0, -1]
+        logits = a.new_zeros(shape.size, head.vocab_size)
+        logits[0] = head.logits(head.head0(states[0]))
+        tokens = torch.zeros(shape.size, dtype=torch.long)
+        tokens[0] = root
+        probs = None if temperature == 0 else torch.zeros_like(logits)
+        for depth in range(1, shape.max_depth + 1):
+            nodes = shape.nodes_at(depth)
+            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
+            if depth < shape.max_depth:
+                parents = shape.parents[nodes].to(device)
+                states[nodes], output = head.step(states[parents], head.embed(tokens[nodes].to(device)))
+                logits[nodes] = head.logits(output)
+        return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

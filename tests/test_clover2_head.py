@@ -1,0 +1,163 @@
+"""The Clover-2 head: sizes, initialisation, the AD cell, the distillation loss, learning, and lossless drafting."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from clover2.decoding import DecodeConfig, generate
+from clover2.draft_head import load_head, save_head, trainable_state
+from clover2.errors import Clover2Error
+from clover2.head import AttentionDecoder, Clover2Head
+from clover2.losses import smooth_l1, soft_cross_entropy
+from clover2.teacher import teacher_batch
+
+NO_STOP = [511]
+PROMPT = [1, 5, 9, 33, 7]
+
+
+@pytest.fixture(scope="module")
+def peaked(tiny_llama):
+    """The tiny Llama with a sharpened LM head, so its distributions have something to learn."""
+    model = LlamaForCausalLM(tiny_llama.config).eval()
+    model.load_state_dict(tiny_llama.state_dict())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return model
+
+
+def _layer_params(layer) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+def test_trainable_parameters_match_the_formula(tiny_llama):
+    head = Clover2Head(tiny_llama)
+    hidden = tiny_llama.config.hidden_size
+    ad_cell = 3 * (hidden * hidden + hidden) + hidden  # W_q, W_k, W_v with biases, and the RMSNorm on x
+    formula = (
+        2 * ad_cell  # AD1, AD2
+        + 2 * _layer_params(tiny_llama.model.layers[-1])  # the Augmenting Block: two copies of the last layer
+        + 2 * hidden  # RMSNorm_c, RMSNorm_h
+        + (hidden * hidden + hidden)  # FC0
+        + (2 * hidden * hidden + hidden)  # FC2
+    )
+    assert sum(t.numel() for t in trainable_state(head).values()) == formula
+    assert "lm_weight" not in trainable_state(head)  # the LM head is frozen and shared, not saved
+
+
+def test_initialisation(tiny_llama):
+    head = Clover2Head(tiny_llama)
+    hidden = tiny_llama.config.hidden_size
+    eye = torch.eye(hidden)
+    assert (head.fc0.weight - eye).abs().max() < 0.01 and (head.fc0.weight - eye).min() >= 0
+    assert (head.fc2.weight[:, :hidden] - eye).abs().max() < 0.01 and head.fc2.weight[:, hidden:].abs().max() < 0.01
+    assert head.ad1.v.weight.abs().max() < 0.01 and (head.ad1.q.weight - eye).abs().max() < 0.01
+    last = tiny_llama.model.layers[-1].state_dict()
+    for block in head.blocks:
+        for name, value in block.state_dict().items():
+            assert torch.equal(value, last[name]), name
+    assert torch.equal(head.norm_h.weight, tiny_llama.model.norm.weight)
+    assert head.recorded["rope_theta"] == tiny_llama.config.rope_parameters["rope_theta"]
+
+
+def test_attention_decoder_cell_by_hand():
+    cell = AttentionDecoder(4, 2, torch.nn.Identity())
+    with torch.no_grad():
+        for layer in (cell.q, cell.k, cell.v):
+            layer.weight.copy_(torch.eye(4))
+            layer.bias.zero_()
+    x = torch.tensor([[1.0, 0.0, 2.0, 2.0]])
+    y = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    # head 0: cos((1,0),(1,1)) = 1/sqrt2; head 1: cos((2,2),(-1,-1)) = -1
+    expected = x + torch.tensor([[1 / math.sqrt(2), 1 / math.sqrt(2), 1.0, 1.0]])
+    torch.testing.assert_close(cell(x, y), expected)
+
+
+def test_loss_terms_by_hand():
+    teacher = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
+    logits = torch.tensor([[0.0, 0.0]])  # log q = log 1/2 everywhere
+    assert float(soft_cross_entropy(logits, teacher)) == pytest.approx(math.log(2.0))
+    prediction = torch.tensor([[0.5, 3.0], [9.0, 9.0]])
+    target = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    # 0.5 * 0.5^2 = 0.125 and 2.0 - 0.5 = 1.5, averaged over H; the second row is masked out
+    assert float(smooth_l1(prediction, target, torch.tensor([True, False]))) == pytest.approx((0.125 + 1.5) / 2)
+
+
+def test_one_head_loss_is_the_weighted_sum_of_its_terms(peaked):
+    head = Clover2Head(peaked, heads=1)
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    mask = torch.tensor([[False, False, True, True, True, True]])
+    batch = teacher_batch(peaked, ids, mask)
+    result = head.loss(batch)
+    # By hand: head 0 at t predicts token t + 2, from u_t fused with token t + 1.
+    a = head.ad1(batch.u[:, :5], head.embed(ids[:, 1:]))
+    s = head.augment(a, 0, torch.ones(5, 5, dtype=torch.bool).tril()[None, None], None)
+    out = head.head0(s)[0, :4][mask[0, 2:]]  # positions t = 0..3 predict tokens 2..5
+    expected = 10 * smooth_l1(out, batch.h[0, 1:5]) + soft_cross_entropy(head.logits(out), batch.teacher_logits[0, 1:5])
+    torch.testing.assert_close(result.total, expected)
+    assert result.counted == [4]
+
+
+def _train(head, batch, steps: int, lr: float = 3e-3) -> list[float]:
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        result = head.loss(batch)
+        optimizer.zero_grad()
+        result.total.backward()
+        optimizer.step()
+        losses.append(float(result.total.detach()))
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(peaked):
+    """A head overfitted on the target's own greedy continuation of PROMPT."""
+    torch.manual_seed(0)
+    plain = generate(peaked, PROMPT, DecodeConfig(max_new_tokens=60), NO_STOP)
+    ids = torch.tensor([PROMPT + plain.tokens])
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, len(PROMPT) :] = True
+    head = Clover2Head(peaked)
+    losses = _train(head, teacher_batch(peaked, ids, mask), steps=80)
+    return head, losses, plain
+
+
+def test_head_overfits_a_tiny_batch(trained):
+    _, losses, _ = trained
+    assert losses[-1] < 0.25 * losses[0]
+
+
+def test_trained_head_drafts_what_the_target_says_and_stays_lossless(trained, peaked):
+    head, _, plain = trained
+    record = generate(peaked, PROMPT, DecodeConfig(max_new_tokens=60), NO_STOP, drafter=head.drafter())
+    assert record.tokens == plain.tokens
+    assert record.tau > 3.0  # it learnt this very continuation, so most drafts are accepted
+
+
+@pytest.mark.parametrize("prompt", [[1, 100, 200, 300, 400, 17], [1] + [17, 23, 99, 4] * 5])
+def test_greedy_lossless_on_other_prompts_and_sampling_runs(trained, peaked, prompt):
+    head, _, _ = trained
+    plain = generate(peaked, prompt, DecodeConfig(max_new_tokens=40), NO_STOP)
+    assert generate(peaked, prompt, DecodeConfig(max_new_tokens=40), NO_STOP, drafter=head.drafter()).tokens == plain.tokens
+    sampled = generate(
+        peaked, prompt, DecodeConfig(temperature=1.0, max_new_tokens=40), NO_STOP, torch.Generator().manual_seed(0),
+        drafter=head.drafter(),
+    )  # fmt: skip
+    assert sampled.new_tokens == 40 and sum(sampled.accept_lengths) == 40
+
+
+def test_checkpoint_round_trip_and_target_mismatch(trained, peaked, tmp_path):
+    head, _, _ = trained
+    save_head(head, tmp_path / "head", {"name": "tiny"})
+    loaded = load_head(tmp_path / "head", peaked)
+    for name, value in trainable_state(head).items():
+        assert torch.equal(value, trainable_state(loaded)[name])
+    assert loaded.options == head.options
+    other = LlamaForCausalLM(peaked.config.__class__(**{**peaked.config.to_dict(), "hidden_size": 32, "head_dim": 8}))
+    with pytest.raises(Clover2Error, match="head.json: hidden_size is 64, but the target's is 32"):
+        load_head(tmp_path / "head", other)
+    (tmp_path / "head" / "head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Clover2Error, match="head.safetensors: cannot read"):
+        load_head(tmp_path / "head", peaked)
