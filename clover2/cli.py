@@ -48,7 +48,7 @@ def _setup(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    make_method = method_factory(args.method)
+    make_method = method_factory(args.method, args.head)
     config = _decode_config(args)
     questions = load_questions(args.task, limit=args.limit, ids=args.ids)
     args.device = args.device or _default_device()
@@ -107,6 +107,55 @@ def _check_lossless(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import yaml
+
+    from clover2.sharegpt import SHAREGPT_FILE
+    from clover2.targets import load_target
+    from clover2.tasks import data_file
+    from clover2.training import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {}
+    if args.config:
+        try:
+            settings = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise Clover2Error(f"{args.config}: cannot read the training config ({error})") from None
+        unknown = set(settings) - fields
+        if unknown:
+            raise Clover2Error(f"{args.config}: unknown training settings {', '.join(sorted(unknown))}")
+    settings.update({key: value for key, value in vars(args).items() if key in fields and value is not None})
+    settings["options"] = {**settings.get("options", {}), **_options(args.option)}
+    if "betas" in settings:
+        settings["betas"] = tuple(settings["betas"])
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    data = args.data or data_file(SHAREGPT_FILE)
+    if not Path(data).is_file():
+        raise Clover2Error(f"training data not found: {data}")
+    target = load_target(args.target, device=args.device or _default_device())
+    out = train(target, Path(data), args.out, TrainConfig(**settings))
+    print(f"head ready: {out}")
+
+
+def _options(pairs: list[str] | None) -> dict:
+    """KEY=VALUE head options; values parse as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Clover2Error(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from clover2.tasks import load_questions, task_names
 
@@ -119,6 +168,7 @@ def _tasks(args: argparse.Namespace) -> None:
 def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
     parser.add_argument("--method", required=True)
+    parser.add_argument("--head", type=Path, help="the trained head directory, for methods that draft with one")
     parser.add_argument("--task", required=True)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--limit", type=int, help="the first N questions of the task")
@@ -155,6 +205,21 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--alpha", type=float, default=0.01, help="T > 0: significance level of the test")
     check.add_argument("--out", type=Path, help="write the report (JSON) here")
     check.set_defaults(func=_check_lossless)
+
+    training = verbs.add_parser("train", help="train a draft head by distillation from the target on ShareGPT")
+    training.add_argument("--target", type=Path, required=True)
+    training.add_argument("--method", required=True, help="clover2, clover, eagle, eagle2 or medusa")
+    training.add_argument("--out", type=Path, required=True, help="the head directory to write")
+    training.add_argument("--config", type=Path, help="YAML of training settings (see clover2/training.py TrainConfig)")
+    training.add_argument("--data", type=Path, help="ShareGPT JSONL(.gz); default: the data mirror's sharegpt file")
+    training.add_argument("--option", action="append", help="a head option KEY=VALUE (repeatable), e.g. tree=...")
+    for name, kind in (("conversations", int), ("heldout", int), ("max-length", int), ("batch-size", int),
+                       ("epochs", int), ("max-steps", int), ("minutes", float), ("lr", float),
+                       ("warmup-steps", int), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):  # fmt: skip
+        training.add_argument(f"--{name}", type=kind)
+    training.add_argument("--threads", type=int)
+    training.add_argument("--device")
+    training.set_defaults(func=_train)
 
     tasks = verbs.add_parser("tasks", help="list the registered question sets")
     tasks.set_defaults(func=_tasks)

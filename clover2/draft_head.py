@@ -8,6 +8,7 @@ head); only its trainable weights are saved. A head directory holds `head.safete
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +65,18 @@ class DraftHead(nn.Module):
     def loss(self, batch: TrainBatch) -> HeadLoss:
         raise NotImplementedError
 
+    def forward(self, batch: TrainBatch) -> HeadLoss:
+        # Training calls the module itself, so wrappers such as DDP see the forward and sync gradients.
+        return self.loss(batch)
+
     def drafter(self) -> Drafter:
         """A drafter that proposes trees with this head (its tree settings come from the options)."""
         raise NotImplementedError
 
 
 HEADS: dict[str, type[DraftHead]] = {}
+# One module per head; each registers its classes when imported (adding a method = adding a file here).
+HEAD_MODULES = ("clover2.head", "baselines.clover", "baselines.eagle", "baselines.medusa")
 
 
 def register(cls: type[DraftHead]) -> type[DraftHead]:
@@ -77,8 +84,14 @@ def register(cls: type[DraftHead]) -> type[DraftHead]:
     return cls
 
 
+def head_methods() -> list[str]:
+    for module in HEAD_MODULES:
+        importlib.import_module(module)
+    return sorted(HEADS)
+
+
 def head_class(method: str) -> type[DraftHead]:
-    if method not in HEADS:
+    if method not in head_methods():
         raise Clover2Error(f"unknown head method {method!r}; known: {', '.join(sorted(HEADS))}")
     return HEADS[method]
 
@@ -117,7 +130,10 @@ def load_head(directory: Path, target: PreTrainedModel) -> DraftHead:
     for key, actual in (("hidden_size", target.config.hidden_size), ("vocab_size", target.config.vocab_size)):
         if config.get(key) != actual:
             raise Clover2Error(f"{config_path}: {key} is {config.get(key)}, but the target's is {actual}: a head for another target")
-    head = head_class(method)(target, **options)
+    try:
+        head = head_class(method)(target, **options)
+    except TypeError as error:
+        raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
     try:
         state = load_file(weights_path)
     except (OSError, SafetensorError) as error:

@@ -88,6 +88,7 @@ class Clover2Head(DraftHead):
         self.blocks = nn.ModuleList(copy.deepcopy(decoder.layers[-1]) for _ in range(2))
         for index, block in enumerate(self.blocks):
             block.self_attn.layer_idx = index  # its own cache, not the target's
+            block.self_attn.config._attn_implementation = "sdpa"  # eager would add a bool mask, not apply it
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.norm_c = copy.deepcopy(decoder.norm)
         self.norm_h = copy.deepcopy(decoder.norm)
@@ -130,7 +131,9 @@ class Clover2Head(DraftHead):
         ids, length = batch.input_ids, batch.input_ids.shape[1] - 1
         a = self.ad1(batch.u[:, :length], self.embed(ids[:, 1:]))
         causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        visible = causal & batch.attention_mask[:, None, None, :length]
+        itself = torch.eye(length, dtype=torch.bool, device=ids.device)
+        # Every position sees itself, so a padded row never attends to nothing (which would be NaN).
+        visible = causal & (batch.attention_mask[:, None, None, :length] | itself)
         s = self.augment(a, 0, visible, None)
         output = self.head0(s)
         result = HeadLoss(total=a.new_zeros(()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -16,6 +17,7 @@ from transformers import PreTrainedModel
 from baselines.hf_generate import PROMPT_LOOKUP_TOKENS, hf_generate
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, TurnRecord, generate
+from clover2.draft_head import head_methods, load_head
 from clover2.drafter import Drafter
 from clover2.errors import Clover2Error
 from clover2.self_draft import SelfDrafter
@@ -46,8 +48,25 @@ METHODS: dict[str, MethodFactory] = {
 }
 
 
-def method_factory(name: str) -> MethodFactory:
-    try:
+def _trained(method: str, head_dir: Path) -> MethodFactory:
+    """A method that drafts with a trained head, loaded for (and checked against) the target."""
+
+    def make(model: PreTrainedModel) -> DecodeTurn:
+        head = load_head(head_dir, model)
+        if head.method != method:
+            raise Clover2Error(f"{head_dir}: holds a {head.method} head, not {method}")
+        return partial(generate, drafter=head.eval().to(model.device, model.dtype).drafter())
+
+    return make
+
+
+def method_factory(name: str, head_dir: Path | None = None) -> MethodFactory:
+    """The factory of a registered method, or of a trained head's method when `name` is a head method."""
+    if name in METHODS:
         return METHODS[name]
-    except KeyError:
-        raise Clover2Error(f"unknown method {name!r}; known: {', '.join(METHODS)}") from None
+    if name in head_methods():
+        if head_dir is None:
+            raise Clover2Error(f"method {name!r} drafts with a trained head: pass --head DIR")
+        return _trained(name, head_dir)
+    known = ", ".join([*METHODS, *head_methods()])
+    raise Clover2Error(f"unknown method {name!r}; known: {known}")

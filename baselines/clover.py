@@ -1,0 +1,201 @@
+"""Clover v1 (METHODS.md §2): Medusa made sequential with an Augmenting Block and an RNN over drafted tokens.
+
+Per decoding step:
+  h_0 = AB(h_1..t)[t]                       one decoder layer over the target's states, with its own KV cache
+  h_i = AD(h_{i-1}, e_{i-1})                the Attention Decoder, one cell shared by all heads
+  p_i = softmax(W_lm MLP_i(h_i))            head i drafts next-i; MLP_i a Medusa ResBlock, W_lm frozen
+with e_0 = e(next-0 token) and e_i = e(token drafted by head i).
+
+Choices the paper leaves open, made here:
+- The AB reads the post-norm h (what the LM head sees), as Medusa's heads do; reading the pre-norm u
+  is listed among Clover-2's changes (METHODS.md §3). No norm follows the AB: §2 names none.
+- e(t) is the RMS-normalised row t of W_lm (no weight): entries of unit scale, like a normalised
+  hidden state before its gain. Kept frozen, as W_lm is.
+- The AD's norm(h) is a weightless RMS norm and its projections have no biases, so it has 3H² weights.
+- Loss: Σ_i CE(p_i at t, x_{t+i+1}), unweighted, scored where x_{t+i+1} is an assistant token. Heads are
+  teacher-forced on the data tokens (e_0 = e(x_{t+1}) in training, the target's own token at inference).
+- With 3 heads the tree is cut to depth 3 (the 25-node tree has depth 5; see `tree_for_heads`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.drafter import TargetStates, choose_children
+from clover2.errors import Clover2Error
+from clover2.tree import DraftTree
+
+QK_INIT_NOISE = 0.01  # W_Q, W_K = I + U[0, 0.01)
+
+
+def rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / RMS(x) over the last dimension, computed in fp32 like the target's own norms."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+class AttentionDecoder(nn.Module):
+    """h_i = h_{i-1} + Attn(Q = W_Q norm(h_{i-1}), K = W_K e, V = W_V e), one key per row, split into heads."""
+
+    def __init__(self, size: int, heads: int, eps: float) -> None:
+        super().__init__()
+        if size % heads:
+            raise Clover2Error(f"clover: hidden size {size} does not split into {heads} attention heads")
+        self.heads, self.eps = heads, eps
+        self.query = nn.Linear(size, size, bias=False)
+        self.key = nn.Linear(size, size, bias=False)
+        self.value = nn.Linear(size, size, bias=False)
+        with torch.no_grad():
+            for projection in (self.query, self.key):
+                projection.weight.copy_(torch.eye(size) + QK_INIT_NOISE * torch.rand(size, size))
+            self.value.weight.zero_()
+
+    def forward(self, state: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        q = self.query(rms_normalise(state, self.eps)).unflatten(-1, (self.heads, -1))
+        k = self.key(embedding).unflatten(-1, (self.heads, -1))
+        v = self.value(embedding).unflatten(-1, (self.heads, -1))
+        # A single key per row makes the softmax exactly 1, so Attn = V and W_Q, W_K get zero gradient;
+        # written out anyway so the cell reads as the paper's equation (Clover-2 drops the softmax for this).
+        weights = torch.softmax((q * k).sum(dim=-1, keepdim=True) * q.shape[-1] ** -0.5, dim=-1)
+        return state + (weights * v).flatten(-2)
+
+
+@register
+class CloverHead(DraftHead):
+    method = "clover"
+
+    def __init__(self, target: PreTrainedModel, *, heads: int = 3, tree: str = "eagle_mc_sim_7b_63") -> None:
+        super().__init__(target, heads=heads, tree=tree)
+        check_heads(self.method, heads)
+        self.shape = tree_for_heads(tree, heads)
+        decoder, config = target.get_decoder(), target.config
+        self.block = copy.deepcopy(decoder.layers[-1]).requires_grad_(True)  # a frozen target would copy frozen
+        self.block.self_attn.layer_idx = 0  # the only layer in its own cache
+        # The block gets a boolean mask, which SDPA reads as "may attend" and eager attention would add.
+        self.block.self_attn.config._attn_implementation = "sdpa"
+        self.rotary = copy.deepcopy(decoder.rotary_emb)
+        self.eps = config.rms_norm_eps
+        lm_weight = target.get_output_embeddings().weight
+        self.register_buffer("lm_weight", lm_weight.detach(), persistent=False)
+        self.decoder = AttentionDecoder(self.hidden_size, config.num_attention_heads, self.eps)
+        self.mlps = nn.ModuleList(ResBlock(self.hidden_size) for _ in range(heads))
+        self.to(device=lm_weight.device, dtype=lm_weight.dtype)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """e(t): the RMS-normalised row t of the frozen LM head."""
+        return rms_normalise(self.lm_weight[tokens], self.eps)
+
+    def head_logits(self, i: int, state: torch.Tensor) -> torch.Tensor:
+        """Head i's (1-based) logits [..., V] from the AD state h_i [..., H]."""
+        return F.linear(self.mlps[i - 1](state), self.lm_weight)
+
+    def augment(
+        self, h: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, cache: DynamicCache | None = None
+    ) -> torch.Tensor:
+        """The AB over h [B, n, H] at `positions` [B or 1, n], `visible` a bool mask [B, 1, n, kv]."""
+        return self.block(
+            h,
+            attention_mask=visible,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+            position_embeddings=self.rotary(h, positions),
+        )
+
+    def augment_sequence(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The AB over whole sequences [B, T, H], causal and blind to padding."""
+        length = h.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=h.device).tril()
+        visible = causal & attention_mask.bool()[:, None, None, :]
+        # A padded query that sees no key would give NaN (and NaN gradients); let every position see itself.
+        visible = visible | torch.eye(length, dtype=torch.bool, device=h.device)
+        positions = torch.arange(length, device=h.device)[None]
+        return self.augment(h, positions, visible)
+
+    def teacher_forced_states(
+        self, h: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """h_1..h_K [B, T, H] at every t, reading the data tokens x_{t+1}..x_{t+K} (token 0 past the end)."""
+        state = self.augment_sequence(h, attention_mask)
+        states = []
+        for i in range(1, len(self.mlps) + 1):
+            state = self.decoder(state, self.embed(_shift_left(input_ids, i)))
+            states.append(state)
+        return states
+
+    def logits(self, h: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Every head's teacher-forced logits [B, T, K, V]; head i at t is meant for x_{t+i+1}."""
+        states = self.teacher_forced_states(h, input_ids, attention_mask)
+        return torch.stack([self.head_logits(i, state) for i, state in enumerate(states, start=1)], dim=-2)
+
+    def loss(self, batch: TrainBatch) -> HeadLoss:
+        states = self.teacher_forced_states(batch.h, batch.input_ids, batch.attention_mask)
+        scored = [scored_positions(batch, i) for i in range(1, len(states) + 1)]
+        logits = [
+            self.head_logits(i, state[where.rows, where.cols])
+            for i, (state, where) in enumerate(zip(states, scored), start=1)
+        ]
+        return hard_label_loss(logits, scored, [1.0] * len(states))
+
+    def drafter(self) -> CloverDrafter:
+        return CloverDrafter(self)
+
+
+def _shift_left(ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """ids[:, t + steps] at position t; 0 where that runs past the end."""
+    shifted = torch.zeros_like(ids)
+    shifted[:, : max(ids.shape[1] - steps, 0)] = ids[:, steps:]
+    return shifted
+
+
+class CloverDrafter:
+    """The AB advances over kept tokens only; the tree's RNN states live per node, for this step only."""
+
+    needs_states = True
+
+    def __init__(self, head: CloverHead) -> None:
+        self.head, self.shape = head, head.shape
+        self.cache: DynamicCache | None = None
+        self.h0: torch.Tensor | None = None
+
+    def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:
+        self.cache = DynamicCache()
+        self._advance(states.h)
+
+    def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
+        self._advance(states.h)
+
+    @torch.inference_mode()
+    def _advance(self, h: torch.Tensor) -> None:
+        """Append the kept tokens' h [n, H] to the AB's cache; its output at the last one is the next h_0."""
+        past, count = self.cache.get_seq_length(), h.shape[0]
+        new = torch.ones(count, count, dtype=torch.bool, device=h.device).tril()
+        visible = torch.cat([torch.ones(count, past, dtype=torch.bool, device=h.device), new], dim=1)
+        positions = (past + torch.arange(count, device=h.device))[None]
+        self.h0 = self.head.augment(h[None], positions, visible[None, None], self.cache)[0, -1]
+
+    @torch.inference_mode()
+    def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
+        head, shape, device = self.head, self.shape, self.h0.device
+        tokens = torch.zeros(shape.size, dtype=torch.long)
+        tokens[0] = root
+        # states[n] = the AD state after reading node n's token; its children are head (depth(n) + 1)'s picks.
+        states = self.h0.new_zeros(shape.size, head.hidden_size)
+        logits = self.h0.new_zeros(shape.size, head.vocab_size)
+        states[0] = head.decoder(self.h0, head.embed(torch.tensor(root, device=device)))
+        logits[0] = head.head_logits(1, states[0])
+        probs = None if temperature == 0 else torch.zeros_like(logits, dtype=torch.float32)
+        for depth in range(1, shape.max_depth + 1):
+            nodes = shape.nodes_at(depth)
+            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
+            if depth < shape.max_depth:
+                parents = shape.parents[nodes]
+                states[nodes] = head.decoder(states[parents], head.embed(tokens[nodes].to(device)))
+                logits[nodes] = head.head_logits(depth + 1, states[nodes])
+        return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

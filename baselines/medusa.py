@@ -1,0 +1,158 @@
+"""Medusa-1 (METHODS.md §1): K independent heads on the target's last post-norm state h_t.
+
+Head k (k = 1..K) is a zero-initialised ResBlock and its own copy of the LM head; it reads only h_t and
+predicts x_{t+k+1}, the token k places after the target's own next token. Because no head sees the
+tokens drafted before it, every node at depth d of the tree takes head d's candidates by rank,
+whatever its parent is.
+
+Training: sum over heads of λ_k · CE(head k at t, x_{t+k+1}) with λ_k = decay^k, on the true data
+tokens, scored where x_{t+k+1} is an assistant token. decay = 1.0 is Medusa's legacy unweighted
+trainer (the default); decay = 0.8 is the weighting the Medusa paper describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.drafter import TargetStates, choose_children
+from clover2.errors import Clover2Error
+from clover2.losses import cross_entropy, topk_hits
+from clover2.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x + b) with W = 0 and b = 0 at init, so a fresh block is the identity."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(size, size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.silu(self.linear(x))
+
+
+def tree_for_heads(name: str, heads: int) -> TreeShape:
+    """The static tree `name`, cut to `heads` levels: a head set cannot draft deeper than it has heads."""
+    shape = static_tree(name)
+    if shape.max_depth <= heads:
+        return shape
+    return TreeShape.from_paths([path for path in STATIC_TREES[name] if len(path) <= heads])
+
+
+def check_heads(method: str, heads: int) -> None:
+    if not isinstance(heads, int) or heads < 1:
+        raise Clover2Error(f"{method} option heads: expected an integer >= 1, got {heads!r}")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The positions t where a head predicting x_{t+k+1} is scored, with its label and the teacher's logits."""
+
+    rows: torch.Tensor  # long [N]: batch index
+    cols: torch.Tensor  # long [N]: position t
+    labels: torch.Tensor  # long [N]: the data token x_{t+k+1}
+    teacher: torch.Tensor  # [N, V]: the target's logits for x_{t+k+1}, i.e. teacher_logits[:, t + k]
+
+
+def scored_positions(batch: TrainBatch, k: int) -> Scored:
+    """Positions t inside the sequence whose token x_{t+k+1} is an assistant token."""
+    length = batch.input_ids.shape[1]
+    span = max(length - k - 1, 0)
+    scored = torch.zeros_like(batch.loss_mask)
+    scored[:, :span] = batch.loss_mask[:, k + 1 : k + 1 + span] & batch.attention_mask[:, :span]
+    rows, cols = scored.nonzero(as_tuple=True)
+    return Scored(rows, cols, batch.input_ids[rows, cols + k + 1], batch.teacher_logits[rows, cols + k])
+
+
+def hard_label_loss(logits: list[torch.Tensor], scored: list[Scored], weights: list[float]) -> HeadLoss:
+    """Σ_k weight_k · CE(logits_k, data token), with per-head top-1/top-5 agreement with the teacher's top-1.
+
+    Logits come only for the scored rows (the projection to V is the memory hog), so every row counts.
+    """
+    total = torch.zeros((), device=logits[0].device)
+    top1, top5, counted = [], [], []
+    for head_logits, where, weight in zip(logits, scored, weights):
+        everywhere = torch.ones_like(where.labels, dtype=torch.bool)
+        total = total + weight * cross_entropy(head_logits, where.labels, everywhere)
+        hits = topk_hits(head_logits, where.teacher, everywhere)
+        top1.append(hits[0])
+        top5.append(hits[1])
+        counted.append(hits[2])
+    return HeadLoss(total, {"ce": float(total.detach())}, top1, top5, counted)
+
+
+@register
+class MedusaHead(DraftHead):
+    method = "medusa"
+
+    def __init__(
+        self, target: PreTrainedModel, *, heads: int = 5, decay: float = 1.0, tree: str = "medusa_mc_sim_7b_63"
+    ) -> None:
+        super().__init__(target, heads=heads, decay=decay, tree=tree)
+        check_heads(self.method, heads)
+        if not decay > 0:
+            raise Clover2Error(f"medusa option decay: expected a number > 0, got {decay!r}")
+        self.shape = tree_for_heads(tree, heads)
+        lm_weight = target.get_output_embeddings().weight
+        self.blocks = nn.ModuleList(ResBlock(self.hidden_size) for _ in range(heads))
+        self.lm_heads = nn.ModuleList(nn.Linear(self.hidden_size, self.vocab_size, bias=False) for _ in range(heads))
+        with torch.no_grad():
+            for lm_head in self.lm_heads:
+                lm_head.weight.copy_(lm_weight)
+        self.to(device=lm_weight.device, dtype=lm_weight.dtype)
+
+    def head_logits(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Head k's (1-based) logits [..., V] for x_{t+k+1} from h_t [..., H]."""
+        return self.lm_heads[k - 1](self.blocks[k - 1](h))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Every head's logits [..., K, V] from h [..., H]."""
+        return torch.stack([self.head_logits(k, h) for k in range(1, len(self.blocks) + 1)], dim=-2)
+
+    def loss(self, batch: TrainBatch) -> HeadLoss:
+        heads = range(1, len(self.blocks) + 1)
+        scored = [scored_positions(batch, k) for k in heads]
+        logits = [self.head_logits(k, batch.h[where.rows, where.cols]) for k, where in zip(heads, scored)]
+        return hard_label_loss(logits, scored, [self.options["decay"] ** k for k in heads])
+
+    def drafter(self) -> MedusaDrafter:
+        return MedusaDrafter(self)
+
+
+class MedusaDrafter:
+    """Drafts the static tree from the heads' logits at the last kept token's h."""
+
+    needs_states = True
+
+    def __init__(self, head: MedusaHead) -> None:
+        self.head, self.shape = head, head.shape
+        self.h: torch.Tensor | None = None
+
+    def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:
+        self.h = states.h[-1]
+
+    def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
+        self.h = states.h[-1]
+
+    @torch.inference_mode()
+    def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
+        shape = self.shape
+        per_head = self.head.logits(self.h)  # [K, V]
+        # A node at depth d takes its children from head d + 1, whatever its token: the heads see only h.
+        # Nodes at depth K have no children; the clamp only keeps their (unused) row in range.
+        node_logits = per_head[shape.depths.clamp(max=per_head.shape[0] - 1).to(per_head.device)]
+        tokens = torch.zeros(shape.size, dtype=torch.long)
+        tokens[0] = root
+        # At T > 0 each parent draws its own sample from its head's q: lossless per node, as the engine needs.
+        probs = None if temperature == 0 else torch.zeros_like(node_logits, dtype=torch.float32)
+        for depth in range(1, shape.max_depth + 1):
+            choose_children(shape, shape.nodes_at(depth), node_logits, tokens, probs, temperature, generator)
+        return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

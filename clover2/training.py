@@ -1,0 +1,179 @@
+"""Training a draft head by distillation from the frozen target (the nanoGPT-sized loop of this suite).
+
+The target runs online inside the loop to supply u, h and its logits, so nothing is cached on disk.
+Work in progress lives in `OUT.partial/` (checkpoints and the JSONL log); a finished run becomes the
+head directory `OUT` atomically, so a directory that exists is complete and an interrupted run
+resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from clover2.atomic import atomic_write_text
+from clover2.draft_head import HeadLoss, head_class, save_head
+from clover2.sharegpt import Example, collate, load_examples
+from clover2.targets import Target
+from clover2.teacher import teacher_batch
+
+LOG, STATE = "train_log.jsonl", "state.json"
+
+# The papers' optimiser settings per method (METHODS.md §1-§4); everything else is shared.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "clover2": {"lr": 1e-3, "betas": (0.9, 0.95), "warmup_steps": 8000, "schedule": "linear"},
+    "eagle": {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"},
+    "eagle2": {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"},
+    "clover": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
+    "medusa": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    options: dict = field(default_factory=dict)  # the head's own options (tree, loss weights, ...)
+    conversations: int = 68000
+    heldout: int = 32  # conversations kept apart for per-head accuracy
+    max_length: int = 2048
+    batch_size: int = 4
+    epochs: int = 21
+    max_steps: int | None = None
+    minutes: float | None = None  # a wall-time budget; the run ends at the first step past it
+    lr: float | None = None  # None: the method's default
+    betas: tuple[float, float] | None = None
+    warmup_steps: int | None = None
+    schedule: str | None = None
+    clip_value: float = 0.5
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def resolved(self) -> TrainConfig:
+        """This config with the method's defaults filled in where a value was left None."""
+        defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["clover2"])
+        return TrainConfig(**{**asdict(self), **{k: v for k, v in defaults.items() if getattr(self, k) is None}})
+
+
+def _batches(examples: list[Example], size: int, seed: int, epoch: int) -> list[list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [[examples[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+
+
+def _accuracy(results: list[HeadLoss]) -> dict:
+    heads = len(results[0].counted)
+    counted = [sum(r.counted[i] for r in results) for i in range(heads)]
+    share = lambda hits: [sum(r_hits) / max(n, 1) for r_hits, n in zip(hits, counted)]  # noqa: E731
+    top1 = [[r.top1[i] for r in results] for i in range(heads)]
+    top5 = [[r.top5[i] for r in results] for i in range(heads)]
+    return {"top1": share(top1), "top5": share(top5), "positions": counted}
+
+
+def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
+    """Train `config.method`'s head for `target` on ShareGPT conversations from `data`; return the head directory."""
+    config = config.resolved()
+    out, work = Path(out), Path(f"{out}.partial")
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    torch.manual_seed(config.seed)
+    model = target.model.to(accelerator.device).requires_grad_(False).eval()
+    # Trainable weights stay fp32 whatever the target's dtype; autocast handles mixed precision.
+    head = head_class(config.method)(model, **config.options).float()
+    examples = load_examples(target.tokenizer, data, config.conversations + config.heldout, config.max_length)
+    heldout, examples = examples[: config.heldout], examples[config.heldout :]
+    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else target.stop_token_ids[0]
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = config.max_steps or per_epoch * config.epochs
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas)
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+    head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
+    step = _resume(accelerator, work)
+
+    def batch_of(items: list[Example]):
+        ids, loss_mask, attention = (t.to(accelerator.device) for t in collate(items, pad))
+        return teacher_batch(model, ids, loss_mask, attention)
+
+    def evaluate() -> dict:
+        head.eval()
+        with torch.no_grad():
+            results = [head(batch_of(b)) for b in _batches(heldout, config.batch_size, 0, 0)]
+        head.train()
+        return {"loss": sum(float(r.total) for r in results) / len(results), **_accuracy(results)}
+
+    started = time.monotonic()
+    log = (work / LOG).open("a", encoding="utf-8")
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {config.method}", unit="step")
+    head.train()
+    record: dict = {}
+    try:
+        while step < total_steps and not _out_of_time(config, started):
+            epoch, index = divmod(step, per_epoch)
+            items = _batches(examples, config.batch_size, config.seed, epoch)[index]
+            with accelerator.autocast():
+                result = head(batch_of(items))
+            accelerator.backward(result.total)
+            accelerator.clip_grad_value_(trainable, config.clip_value)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            progress.update()
+            record = {"step": step, "epoch": epoch, "loss": float(result.total.detach()), **result.parts,
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+            if step % config.eval_every == 0 or step == total_steps:
+                record["heldout"] = evaluate()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % config.checkpoint_every == 0:
+                _checkpoint(accelerator, work, step)
+        if "heldout" not in record:
+            log.write(json.dumps({"step": step, "heldout": evaluate()}) + "\n")
+    finally:
+        log.close()
+        progress.close()
+    training = {"config": asdict(config), "steps": step, "seconds": round(time.monotonic() - started, 1),
+                "examples": len(examples), "heldout": len(heldout)}  # fmt: skip
+    extra = {LOG: (work / LOG).read_text(encoding="utf-8"), "training.json": json.dumps(training, indent=2) + "\n"}
+    save_head(accelerator.unwrap_model(head), out, target.identity, extra)
+    shutil.rmtree(work)
+    return out
+
+
+def _out_of_time(config: TrainConfig, started: float) -> bool:
+    return config.minutes is not None and time.monotonic() - started >= 60 * config.minutes
+
+
+def _resume(accelerator: Accelerator, work: Path) -> int:
+    """Load the last checkpoint of an interrupted run (if any) and return its step."""
+    work.mkdir(parents=True, exist_ok=True)
+    state = work / "checkpoint" / STATE
+    if not state.exists():
+        (work / LOG).write_text("", encoding="utf-8")
+        return 0
+    accelerator.load_state(str(work / "checkpoint"))
+    step = json.loads(state.read_text(encoding="utf-8"))["step"]
+    # The log may run past the checkpoint: keep the lines up to it so the resumed run continues it.
+    lines = [line for line in (work / LOG).read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+    (work / LOG).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return step
+
+
+def _checkpoint(accelerator: Accelerator, work: Path, step: int) -> None:
+    """Save optimiser, scheduler, head and RNG states beside the old checkpoint, then swap them in."""
+    fresh = work / "checkpoint.tmp"
+    shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.save_state(str(fresh))
+    atomic_write_text(fresh / STATE, json.dumps({"step": step}) + "\n")
+    shutil.rmtree(work / "checkpoint", ignore_errors=True)
+    fresh.rename(work / "checkpoint")

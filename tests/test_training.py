@@ -1,0 +1,124 @@
+"""Training data from ShareGPT and the training loop: masks, errors, checkpoints, resume, the head directory."""
+
+import gzip
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import clover2.training as training
+from clover2.cli import main
+from clover2.decoding import DecodeConfig, generate
+from clover2.draft_head import load_head
+from clover2.errors import Clover2Error
+from clover2.sharegpt import encode, load_examples, read_conversations
+from clover2.targets import Target, load_target
+from clover2.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    return load_target(smollm2_dir).tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_target(tokenizer):
+    """A tiny random Llama over SmolLM2's vocabulary, so real conversations can be tokenized for it."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    return Target(model, tokenizer, [tokenizer.eos_token_id], None, {"name": "tiny-smollm2-vocab"})
+
+
+def _sharegpt(path, conversations):
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for number, turns in enumerate(conversations):
+            rows = [{"from": "human" if i % 2 == 0 else "gpt", "value": text} for i, text in enumerate(turns)]
+            handle.write(json.dumps({"id": str(number), "conversations": rows}) + "\n")
+    return path
+
+
+CHATS = [
+    ["What is two plus two?", "Two plus two is four.", "And three plus three?", "Three plus three is six."],
+    ["Name a colour.", "Blue is a colour."],
+    ["Say hello.", "Hello there, how can I help you today?"],
+] * 4
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(tokenizer):
+    messages = [{"role": "user", "content": CHATS[0][0]}, {"role": "assistant", "content": CHATS[0][1]},
+                {"role": "user", "content": CHATS[0][2]}, {"role": "assistant", "content": CHATS[0][3]}]  # fmt: skip
+    example = encode(tokenizer, messages, max_length=512)
+    marked = tokenizer.decode([t for t, m in zip(example.input_ids, example.loss_mask) if m])
+    assert "Two plus two is four." in marked and "Three plus three is six." in marked
+    assert "What is two plus two?" not in marked and "assistant" not in marked
+    assert "<|im_end|>" in marked  # the end of an assistant turn is learnt too
+
+
+def test_conversations_keep_the_alternating_prefix(tmp_path):
+    path = _sharegpt(tmp_path / "c.jsonl.gz", [["q", "a", "q2"], ["q", "", "q2", "a2"]])
+    assert [len(c) for c in read_conversations(path)] == [2, 0]
+
+
+def test_malformed_line_names_file_and_line(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}]}) + "\n{not json\n")
+    with pytest.raises(Clover2Error, match=r"bad.jsonl:2: expected"):
+        load_examples(tokenizer, path, count=10, max_length=64)
+
+
+def test_empty_training_set_is_an_error(tmp_path, tokenizer):
+    path = _sharegpt(tmp_path / "empty.jsonl.gz", [["only a question"]])
+    with pytest.raises(Clover2Error, match="empty.jsonl.gz: no usable conversation"):
+        load_examples(tokenizer, path, count=10, max_length=64)
+
+
+def _config(**overrides) -> TrainConfig:
+    settings = dict(method="clover2", conversations=8, heldout=2, max_length=64, batch_size=2, max_steps=6,
+                    eval_every=3, checkpoint_every=3, warmup_steps=0, lr=3e-3)  # fmt: skip
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tiny_target, tmp_path, monkeypatch):
+    data = _sharegpt(tmp_path / "train.jsonl.gz", CHATS)
+    out = tmp_path / "head"
+    calls = {"n": 0}
+    real_batch = training.teacher_batch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # steps 1-3, the held-out pass at step 3, step 4, then the interrupt
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "teacher_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_target, data, out, _config())
+    assert not out.exists() and (tmp_path / "head.partial" / "checkpoint" / "state.json").exists()
+
+    monkeypatch.setattr(training, "teacher_batch", real_batch)
+    train(tiny_target, data, out, _config())
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # step 4 of the interrupted run was redone once
+    assert "heldout" in log[2] and len(log[-1]["heldout"]["top1"]) == 5
+    assert not (tmp_path / "head.partial").exists()
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["steps"] == 6 and meta["config"]["betas"] == [0.9, 0.95]
+
+
+def test_trained_head_loads_and_decodes_losslessly(tiny_target, tmp_path):
+    data = _sharegpt(tmp_path / "train.jsonl.gz", CHATS)
+    out = train(tiny_target, data, tmp_path / "head", _config(max_steps=4))
+    head = load_head(out, tiny_target.model)
+    prompt = tiny_target.tokenizer.encode("Say hello.")
+    plain = generate(tiny_target.model, prompt, DecodeConfig(max_new_tokens=20), [0])
+    assert generate(tiny_target.model, prompt, DecodeConfig(max_new_tokens=20), [0], drafter=head.drafter()).tokens == plain.tokens
+
+
+def test_train_cli_rejects_an_unknown_setting(tmp_path, smollm2_dir, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text("learning_rate: 0.1\n")
+    code = main(["train", "--target", str(smollm2_dir), "--method", "clover2", "--config", str(config), "--out", str(tmp_path / "h")])
+    assert code == 2 and "train.yaml: unknown training settings learning_rate" in capsys.readouterr().err
