@@ -28,7 +28,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
 from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
-from clover2.drafter import TargetStates, choose_children
+from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
 from clover2.tree import DraftTree
 
@@ -183,19 +183,14 @@ class CloverDrafter:
     @torch.inference_mode()
     def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
         head, shape, device = self.head, self.shape, self.h0.device
-        tokens = torch.zeros(shape.size, dtype=torch.long)
-        tokens[0] = root
         # states[n] = the AD state after reading node n's token; its children are head (depth(n) + 1)'s picks.
         states = self.h0.new_zeros(shape.size, head.hidden_size)
-        logits = self.h0.new_zeros(shape.size, head.vocab_size)
         states[0] = head.decoder(self.h0, head.embed(torch.tensor(root, device=device)))
-        logits[0] = head.head_logits(1, states[0])
-        probs = None if temperature == 0 else torch.zeros_like(logits, dtype=torch.float32)
-        for depth in range(1, shape.max_depth + 1):
-            nodes = shape.nodes_at(depth)
-            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
-            if depth < shape.max_depth:
-                parents = shape.parents[nodes]
-                states[nodes] = head.decoder(states[parents], head.embed(tokens[nodes].to(device)))
-                logits[nodes] = head.head_logits(depth + 1, states[nodes])
+
+        def level(nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            states[nodes] = head.decoder(states[shape.parents[nodes]], head.embed(tokens[nodes].to(device)))
+            return head.head_logits(int(shape.depths[nodes[0]]) + 1, states[nodes])
+
+        root_logits = head.head_logits(1, states[0])
+        tokens, _, probs = grow_static_tree(shape, root, root_logits, level, temperature, generator)
         return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
-from clover2.drafter import TargetStates, choose_children
+from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, grow_dynamic_tree, static_tree
 
@@ -227,22 +227,16 @@ class EagleDrafter(FeatureDrafter):
         base = self.cache.get_seq_length()
         predicted = root_feature.new_zeros(shape.size, self.head.hidden_size)
         predicted[0] = root_feature
+
+        def level(nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            # The cache holds depths 1 .. depth - 1 (nodes 1 .. nodes[0] - 1); these nodes go right after.
+            visible = shape.mask[nodes, 1 : int(nodes[-1]) + 1]
+            parent_features = predicted[shape.parents[nodes]]
+            predicted[nodes] = self._tree_forward(parent_features, tokens[nodes], shape.depths[nodes], visible, base)
+            return self.head.logits(predicted[nodes])
+
         root_logits = self.head.logits(root_feature)
-        logits = root_logits.new_zeros(shape.size, root_logits.shape[-1])
-        logits[0] = root_logits
-        tokens = torch.zeros(shape.size, dtype=torch.long)
-        tokens[0] = root
-        probs = None if temperature == 0 else torch.zeros_like(logits)
-        for depth in range(1, shape.max_depth + 1):
-            nodes = shape.nodes_at(depth)
-            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
-            if depth < shape.max_depth:
-                # The cache holds depths 1 .. depth - 1 (nodes 1 .. nodes[0] - 1); these nodes go right after.
-                visible = shape.mask[nodes, 1 : int(nodes[-1]) + 1]
-                parent_features = predicted[shape.parents[nodes]]
-                depths = shape.depths[nodes]
-                predicted[nodes] = self._tree_forward(parent_features, tokens[nodes], depths, visible, base)
-                logits[nodes] = self.head.logits(predicted[nodes])
+        tokens, logits, probs = grow_static_tree(shape, root, root_logits, level, temperature, generator)
         self._drop_tree(base)
         return DraftTree(tokens, shape, _joint_logprobs(shape.parents, tokens, logits, temperature), probs)
 

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
-from clover2.drafter import TargetStates, choose_children
+from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
 from clover2.losses import cross_entropy, topk_hits
 from clover2.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
@@ -149,10 +149,7 @@ class MedusaDrafter:
         # A node at depth d takes its children from head d + 1, whatever its token: the heads see only h.
         # Nodes at depth K have no children; the clamp only keeps their (unused) row in range.
         node_logits = per_head[shape.depths.clamp(max=per_head.shape[0] - 1).to(per_head.device)]
-        tokens = torch.zeros(shape.size, dtype=torch.long)
-        tokens[0] = root
         # At T > 0 each parent draws its own sample from its head's q: lossless per node, as the engine needs.
-        probs = None if temperature == 0 else torch.zeros_like(node_logits, dtype=torch.float32)
-        for depth in range(1, shape.max_depth + 1):
-            choose_children(shape, shape.nodes_at(depth), node_logits, tokens, probs, temperature, generator)
+        level = lambda nodes, tokens: node_logits[nodes]  # noqa: E731
+        tokens, _, probs = grow_static_tree(shape, root, node_logits[0], level, temperature, generator)
         return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

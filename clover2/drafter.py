@@ -8,6 +8,7 @@ post-norm `h` of exactly the tokens it passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,32 @@ class NoDrafter:
 
     def accept(self, tokens: torch.Tensor, states: TargetStates | None) -> None:
         pass
+
+
+def grow_static_tree(
+    shape: TreeShape,
+    root: int,
+    root_logits: torch.Tensor,
+    level_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Fill a static tree depth by depth; returns (tokens [N], logits [N, V], draft probs or None).
+
+    Each depth takes its tokens from the parents' logits (`choose_children`); then, unless it is the
+    last, `level_logits(nodes, tokens)` gives that depth's own logits from the drafter's state.
+    """
+    logits = root_logits.new_zeros(shape.size, root_logits.shape[-1])
+    logits[0] = root_logits
+    tokens = torch.zeros(shape.size, dtype=torch.long)
+    tokens[0] = root
+    probs = None if temperature == 0 else torch.zeros_like(logits, dtype=torch.float32)
+    for depth in range(1, shape.max_depth + 1):
+        nodes = shape.nodes_at(depth)
+        choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
+        if depth < shape.max_depth:
+            logits[nodes] = level_logits(nodes, tokens)
+    return tokens, logits, probs
 
 
 def choose_children(

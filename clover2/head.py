@@ -17,7 +17,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
-from clover2.drafter import TargetStates, choose_children
+from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, static_tree
 
@@ -195,18 +195,14 @@ class Clover2Drafter:
         visible = torch.cat(
             [torch.ones(new, done, dtype=torch.bool), torch.ones(new, new, dtype=torch.bool).tril()], dim=1
         ).to(device)
-        states = a.new_zeros(shape.size, a.shape[-1])
+        states = a.new_zeros(shape.size, a.shape[-1])  # the RNN state s of every node
         states[0] = head.augment(a, done, visible[None, None], self.cache)[0, -1]
-        logits = a.new_zeros(shape.size, head.vocab_size)
-        logits[0] = head.logits(head.head0(states[0]))
-        tokens = torch.zeros(shape.size, dtype=torch.long)
-        tokens[0] = root
-        probs = None if temperature == 0 else torch.zeros_like(logits)
-        for depth in range(1, shape.max_depth + 1):
-            nodes = shape.nodes_at(depth)
-            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
-            if depth < shape.max_depth:
-                parents = shape.parents[nodes].to(device)
-                states[nodes], output = head.step(states[parents], head.embed(tokens[nodes].to(device)))
-                logits[nodes] = head.logits(output)
+
+        def level(nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            parents = shape.parents[nodes].to(device)
+            states[nodes], output = head.step(states[parents], head.embed(tokens[nodes].to(device)))
+            return head.logits(output)
+
+        root_logits = head.logits(head.head0(states[0]))
+        tokens, _, probs = grow_static_tree(shape, root, root_logits, level, temperature, generator)
         return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

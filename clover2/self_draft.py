@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.drafter import TargetStates, choose_children
+from clover2.drafter import TargetStates, grow_static_tree
 from clover2.tree import DraftTree, TreeShape
 
 
@@ -37,16 +37,8 @@ class SelfDrafter:
         context = torch.cat([self.pending, torch.tensor([root])]).to(device)
         root_logits = self.model(input_ids=context.view(1, -1), cache=self.cache, use_cache=True).logits[0, -1]
         base = self.cache.get_seq_length()  # the context up to and including the root
-        logits = root_logits.new_zeros(shape.size, root_logits.shape[-1])
-        logits[0] = root_logits
-        tokens = torch.zeros(shape.size, dtype=torch.long)
-        tokens[0] = root
-        probs = None if temperature == 0 else torch.zeros_like(logits)
-        for depth in range(1, shape.max_depth + 1):
-            nodes = shape.nodes_at(depth)
-            choose_children(shape, nodes, logits, tokens, probs, temperature, generator)
-            if depth < shape.max_depth:
-                logits[nodes] = self._forward_level(nodes, tokens, base)
+        level = lambda nodes, tokens: self._forward_level(nodes, tokens, base)  # noqa: E731
+        tokens, _, probs = grow_static_tree(shape, root, root_logits, level, temperature, generator)
         # Drop the root and the tree: the kept tokens come back through accept(), the root first.
         self.cache.crop(-(self.cache.get_seq_length() - base + 1))
         self.pending = torch.empty(0, dtype=torch.long)

@@ -8,6 +8,7 @@ from transformers import DynamicCache
 
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, generate, keep_path, verify_forward
+from clover2.draft_head import head_class
 from clover2.lossless import check_greedy
 from clover2.methods import METHODS
 from clover2.self_draft import SelfDrafter
@@ -145,3 +146,12 @@ def test_greedy_checker_names_the_mismatch_of_a_broken_rule(smollm2):
     assert (first.question_id, first.turn, first.position) == (questions[0].question_id, 0, 1)
     assert first.method.startswith(smollm2.tokenizer.decode([11, 12, 13]))
     assert first.plain and first.plain != first.method
+
+
+@pytest.mark.parametrize("method", ["clover2", "clover", "eagle", "eagle2", "medusa"])
+def test_every_head_drafts_losslessly_on_smollm2(smollm2, method):
+    torch.manual_seed(0)
+    head = head_class(method)(smollm2.model).eval()  # untrained: its drafts are poor, the output must not change
+    decode = partial(generate, drafter=head.drafter())
+    report = check_greedy(smollm2, decode, load_questions("qa", limit=1), DecodeConfig(max_new_tokens=24))
+    assert report.passed, report.mismatches
