@@ -44,3 +44,22 @@ def tiny_llama() -> LlamaForCausalLM:
     )
     return LlamaForCausalLM(config).eval()
 
+
+
+@pytest.fixture(scope="session")
+def peaked_llama(tiny_llama) -> LlamaForCausalLM:
+    """The tiny Llama with a sharpened LM head: its favourite token gets roughly 0.2 to 0.9 of the mass."""
+    model = LlamaForCausalLM(tiny_llama.config).eval()
+    model.load_state_dict(tiny_llama.state_dict())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Matmuls this small cost more to split across threads than to run, and far more on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

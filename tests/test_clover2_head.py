@@ -12,19 +12,14 @@ from clover2.errors import Clover2Error
 from clover2.head import AttentionDecoder, Clover2Head
 from clover2.losses import smooth_l1, soft_cross_entropy
 from clover2.teacher import teacher_batch
+from helpers import NO_STOP, continuation_batch, train_steps
 
-NO_STOP = [511]
 PROMPT = [1, 5, 9, 33, 7]
 
 
 @pytest.fixture(scope="module")
-def peaked(tiny_llama):
-    """The tiny Llama with a sharpened LM head, so its distributions have something to learn."""
-    model = LlamaForCausalLM(tiny_llama.config).eval()
-    model.load_state_dict(tiny_llama.state_dict())
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
+def peaked(peaked_llama):
+    return peaked_llama
 
 
 def _layer_params(layer) -> int:
@@ -99,28 +94,13 @@ def test_one_head_loss_is_the_weighted_sum_of_its_terms(peaked):
     assert result.counted == [4]
 
 
-def _train(head, batch, steps: int, lr: float = 3e-3) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        result = head.loss(batch)
-        optimizer.zero_grad()
-        result.total.backward()
-        optimizer.step()
-        losses.append(float(result.total.detach()))
-    return losses
-
-
 @pytest.fixture(scope="module")
 def trained(peaked):
     """A head overfitted on the target's own greedy continuation of PROMPT."""
     torch.manual_seed(0)
     plain = generate(peaked, PROMPT, DecodeConfig(max_new_tokens=60), NO_STOP)
-    ids = torch.tensor([PROMPT + plain.tokens])
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[:, len(PROMPT) :] = True
     head = Clover2Head(peaked)
-    losses = _train(head, teacher_batch(peaked, ids, mask), steps=80)
+    losses = train_steps(head, continuation_batch(peaked, PROMPT, new_tokens=60), steps=80)
     return head, losses, plain
 
 

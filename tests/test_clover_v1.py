@@ -12,47 +12,14 @@ from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
 from clover2.teacher import teacher_batch
 from clover2.tree import STATIC_TREES
+from helpers import NO_STOP, continuation_batch, prompt_states, train_steps
 
-NO_STOP = [511]
 PROMPTS = [[1, 100, 200, 300, 400, 17, 17, 17, 9, 33], [1, 5, 9, 33, 7]]
 H, V, I, N_HEADS, N_KV = 64, 512, 128, 4, 2  # tiny_llama's sizes
 D = H // N_HEADS
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Matmuls this small cost more to split across threads than to run, and far more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def _continuation_batch(model, prompt, new_tokens=40):
-    """The target's own greedy continuation of `prompt` as one training sequence; the continuation is scored."""
-    plain = generate(model, prompt, DecodeConfig(max_new_tokens=new_tokens), NO_STOP)
-    ids = torch.tensor([prompt + plain.tokens])
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[:, len(prompt) :] = True
-    return teacher_batch(model, ids, mask)
-
-
-def _train(head, batch, steps, lr):
-    """AdamW on one batch; the losses before the first and after the last step."""
-    optimiser = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr)
-    first = None
-    for _ in range(steps):
-        loss = head.loss(batch)
-        first = first if first is not None else loss.total.item()
-        optimiser.zero_grad()
-        loss.total.backward()
-        optimiser.step()
-    return first, head.loss(batch).total.item()
-
-
-def _states(model, ids):
-    batch = teacher_batch(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
-    return TargetStates(batch.u[0], batch.h[0])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturbed(model, scale=0.05):
@@ -69,7 +36,8 @@ def _perturbed(model, scale=0.05):
 def trained(tiny_llama):
     torch.manual_seed(1)
     head = CloverHead(tiny_llama)
-    before, after = _train(head, _continuation_batch(tiny_llama, PROMPTS[0]), steps=60, lr=1e-2)
+    losses = train_steps(head, continuation_batch(tiny_llama, PROMPTS[0]), steps=60, lr=1e-2)
+    before, after = losses[0], losses[-1]
     return head, before, after
 
 
@@ -107,7 +75,7 @@ def test_fresh_head_copies_the_last_layer_and_shares_the_frozen_lm_head(tiny_lla
 def test_fresh_heads_all_predict_the_lm_head_of_the_ab_output(tiny_llama):
     # W_V = 0 and identity ResBlocks: h_i = h_0 for every i, so each head reads W_lm h_0.
     head = CloverHead(tiny_llama)
-    batch = _continuation_batch(tiny_llama, PROMPTS[1], new_tokens=8)
+    batch = continuation_batch(tiny_llama, PROMPTS[1], new_tokens=8)
     logits = head.logits(batch.h, batch.input_ids, batch.attention_mask)
     h0 = head.augment_sequence(batch.h, batch.attention_mask)
     for i in range(3):
@@ -155,7 +123,7 @@ def test_padding_gives_a_finite_loss_and_gradients(tiny_llama):
 def test_ab_cache_over_kept_tokens_equals_one_pass(tiny_llama):
     head = _perturbed(tiny_llama)
     ids = PROMPTS[0] + [5, 6, 7, 8]
-    states = _states(tiny_llama, ids)
+    states = prompt_states(tiny_llama, ids)
     drafter = head.drafter()
     drafter.prefill(torch.tensor(ids[:6]), TargetStates(states.u[:6], states.h[:6]))
     drafter.accept(torch.tensor(ids[6:11]), TargetStates(states.u[6:11], states.h[6:11]))
@@ -169,7 +137,7 @@ def test_ab_cache_over_kept_tokens_equals_one_pass(tiny_llama):
 def test_tree_children_come_from_their_parents_rnn_state(tiny_llama):
     head = _perturbed(tiny_llama, scale=0.3)
     drafter = head.drafter()
-    drafter.prefill(torch.tensor(PROMPTS[1]), _states(tiny_llama, PROMPTS[1]))
+    drafter.prefill(torch.tensor(PROMPTS[1]), prompt_states(tiny_llama, PROMPTS[1]))
     tree = drafter.draft(7, 0.0, None)
     shape, tokens = tree.shape, tree.tokens
     for node in range(shape.size):
@@ -231,7 +199,7 @@ def test_save_and_load_give_identical_logits(tiny_llama, trained, tmp_path):
     save_head(head, tmp_path / "clover", {"name": "tiny"})
     loaded = load_head(tmp_path / "clover", tiny_llama)
     assert isinstance(loaded, CloverHead) and loaded.options == head.options
-    batch = _continuation_batch(tiny_llama, PROMPTS[1], new_tokens=8)
+    batch = continuation_batch(tiny_llama, PROMPTS[1], new_tokens=8)
     arguments = (batch.h, batch.input_ids, batch.attention_mask)
     assert torch.equal(loaded.logits(*arguments), head.logits(*arguments))
 

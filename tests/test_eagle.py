@@ -13,6 +13,7 @@ from clover2.draft_head import TrainBatch, load_head, save_head, trainable_state
 from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
 from clover2.teacher import teacher_batch
+from helpers import train_steps
 
 NO_STOP = [511]
 PROMPT = [1, 100, 200, 300, 400, 17, 17, 17, 9, 33]
@@ -140,19 +141,6 @@ def _greedy_batch(model: LlamaForCausalLM) -> TrainBatch:
     return teacher_batch(model, ids, mask)
 
 
-def _train(head: EagleHead, batch: TrainBatch, steps: int) -> list[float]:
-    optimiser = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=3e-3)
-    head.train()
-    losses = []
-    for _ in range(steps):
-        loss = head.loss(batch)
-        optimiser.zero_grad()
-        loss.total.backward()
-        optimiser.step()
-        losses.append(loss.total.item())
-    return losses
-
-
 def _teacher_entropy(batch: TrainBatch) -> float:
     """Mean entropy of the teacher at the scored pairs: the floor of the soft-CE term."""
     scored = F.pad(batch.loss_mask[:, 2:], (0, 1))
@@ -168,7 +156,8 @@ def trained(tiny_llama):
     for cls in HEADS:
         torch.manual_seed(3)
         head = cls(tiny_llama, noise=False)
-        losses = _train(head, batch, steps=120)
+        head.train()
+        losses = train_steps(head, batch, steps=120)
         heads[cls.method] = (head.eval(), losses, batch)
     return heads
 
@@ -309,7 +298,8 @@ def test_static_tree_records_what_it_sampled_from(tiny_llama):
 def test_checkpoint_round_trip(tiny_llama, tmp_path, cls):
     torch.manual_seed(4)
     head = cls(tiny_llama, noise=False)
-    _train(head, _hand_batch(), steps=2)
+    head.train()
+    train_steps(head, _hand_batch(), steps=2)
     directory = save_head(head, tmp_path / "head", {"name": "tiny"})
     config = json.loads((directory / "head.json").read_text())
     assert config["method"] == cls.method and config["options"]["noise"] is False

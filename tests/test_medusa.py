@@ -8,57 +8,24 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from baselines.medusa import MedusaHead
 from clover2.decoding import DecodeConfig, generate
 from clover2.draft_head import load_head, save_head
-from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
 from clover2.teacher import teacher_batch
 from clover2.tree import STATIC_TREES
+from helpers import NO_STOP, continuation_batch, prompt_states, train_steps
 
-NO_STOP = [511]
 PROMPTS = [[1, 100, 200, 300, 400, 17, 17, 17, 9, 33], [1, 5, 9, 33, 7]]
 H, V = 64, 512  # tiny_llama's hidden size and vocabulary
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Matmuls this small cost more to split across threads than to run, and far more on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def _continuation_batch(model, prompt, new_tokens=40):
-    """The target's own greedy continuation of `prompt` as one training sequence; the continuation is scored."""
-    plain = generate(model, prompt, DecodeConfig(max_new_tokens=new_tokens), NO_STOP)
-    ids = torch.tensor([prompt + plain.tokens])
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[:, len(prompt) :] = True
-    return teacher_batch(model, ids, mask)
-
-
-def _train(head, batch, steps, lr):
-    """AdamW on one batch; the losses before the first and after the last step."""
-    optimiser = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr)
-    first = None
-    for _ in range(steps):
-        loss = head.loss(batch)
-        first = first if first is not None else loss.total.item()
-        optimiser.zero_grad()
-        loss.total.backward()
-        optimiser.step()
-    return first, head.loss(batch).total.item()
-
-
-def _states(model, ids):
-    batch = teacher_batch(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
-    return TargetStates(batch.u[0], batch.h[0])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_llama):
     torch.manual_seed(1)
     head = MedusaHead(tiny_llama)
-    before, after = _train(head, _continuation_batch(tiny_llama, PROMPTS[0]), steps=60, lr=1e-2)
+    losses = train_steps(head, continuation_batch(tiny_llama, PROMPTS[0]), steps=60, lr=1e-2)
+    before, after = losses[0], losses[-1]
     return head, before, after
 
 
@@ -140,7 +107,7 @@ def test_sampling_runs_to_the_budget_reproducibly(tiny_llama, trained):
 def test_tree_nodes_take_their_heads_choices_by_rank(tiny_llama, trained):
     head = trained[0]
     drafter = head.drafter()
-    drafter.prefill(torch.tensor(PROMPTS[1]), _states(tiny_llama, PROMPTS[1]))
+    drafter.prefill(torch.tensor(PROMPTS[1]), prompt_states(tiny_llama, PROMPTS[1]))
     tree = drafter.draft(7, 0.0, None)
     shape = tree.shape
     ranked = head.logits(drafter.h).topk(10).indices  # [K, 10]
@@ -152,7 +119,7 @@ def test_tree_nodes_take_their_heads_choices_by_rank(tiny_llama, trained):
 def test_sampled_children_are_distinct_and_their_q_is_recorded(tiny_llama, trained):
     head = trained[0]
     drafter = head.drafter()
-    drafter.prefill(torch.tensor(PROMPTS[1]), _states(tiny_llama, PROMPTS[1]))
+    drafter.prefill(torch.tensor(PROMPTS[1]), prompt_states(tiny_llama, PROMPTS[1]))
     tree = drafter.draft(7, 0.5, torch.Generator().manual_seed(3))
     shape, q = tree.shape, torch.softmax(head.logits(drafter.h).float() / 0.5, dim=-1)
     for parent in range(shape.size):

@@ -6,7 +6,6 @@ from functools import partial
 import pytest
 import torch
 from scipy.stats import chisquare
-from transformers import LlamaForCausalLM
 
 import clover2.verify as verify
 from clover2.decoding import generate
@@ -103,13 +102,8 @@ class GreedySelfProposals:
 
 
 @pytest.fixture(scope="module")
-def peaked_target(tiny_llama):
-    """The tiny Llama with a sharpened LM head: its favourite token gets roughly 0.2 to 0.9 of the mass."""
-    model = LlamaForCausalLM(tiny_llama.config).eval()
-    model.load_state_dict(tiny_llama.state_dict())
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return Target(model=model, tokenizer=None, stop_token_ids=[511], path=None, identity={})
+def peaked_target(peaked_llama):
+    return Target(model=peaked_llama, tokenizer=None, stop_token_ids=[511], path=None, identity={})
 
 
 PROMPT = [1, 5, 9, 33, 7]
