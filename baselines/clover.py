@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
 from clover2.tree import DraftTree
@@ -75,10 +75,7 @@ class CloverHead(DraftHead):
         check_heads(self.method, heads)
         self.shape = tree_for_heads(tree, heads)
         decoder, config = target.get_decoder(), target.config
-        self.block = copy.deepcopy(decoder.layers[-1]).requires_grad_(True)  # a frozen target would copy frozen
-        self.block.self_attn.layer_idx = 0  # the only layer in its own cache
-        # The block gets a boolean mask, which SDPA reads as "may attend" and eager attention would add.
-        self.block.self_attn.config._attn_implementation = "sdpa"
+        self.block = copy_decoder_layer(target, 0)
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.eps = config.rms_norm_eps
         lm_weight = target.get_output_embeddings().weight
@@ -99,14 +96,7 @@ class CloverHead(DraftHead):
         self, h: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, cache: DynamicCache | None = None
     ) -> torch.Tensor:
         """The AB over h [B, n, H] at `positions` [B or 1, n], `visible` a bool mask [B, 1, n, kv]."""
-        return self.block(
-            h,
-            attention_mask=visible,
-            position_ids=positions,
-            cache=cache,
-            use_cache=cache is not None,
-            position_embeddings=self.rotary(h, positions),
-        )
+        return run_layers([self.block], self.rotary, h, positions, visible, cache)
 
     def augment_sequence(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The AB over whole sequences [B, T, H], causal and blind to padding."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, grow_dynamic_tree, static_tree
@@ -49,7 +49,7 @@ class EagleHead(DraftHead):
         decoder, lm_head = target.get_decoder(), target.get_output_embeddings()
         weight = lm_head.weight
         self.fc = nn.Linear(2 * self.hidden_size, self.hidden_size, bias=True, device=weight.device, dtype=weight.dtype)
-        self.layer = _draft_layer(decoder.layers[-1])
+        self.layer = _draft_layer(target)
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         # Shared with the frozen target: buffers (not parameters) so they are neither trained nor saved.
         self.register_buffer("embed_weight", target.get_input_embeddings().weight.detach(), persistent=False)
@@ -72,14 +72,7 @@ class EagleHead(DraftHead):
         that takes boolean masks (SDPA, the tree kernel); eager attention would add it as a float.
         """
         g = self.fc(torch.cat([F.embedding(next_tokens, self.embed_weight), features], dim=-1))
-        return self.layer(
-            g,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=cache is not None,
-            position_embeddings=self.rotary(g, positions),
-        )
+        return run_layers([self.layer], self.rotary, g, positions, mask, cache)
 
     def logits(self, predicted: torch.Tensor) -> torch.Tensor:
         return F.linear(predicted, self.lm_weight, self.lm_bias)
@@ -131,11 +124,10 @@ def _resolved_options(method: str, defaults: dict, options: dict) -> dict:
     return defaults | options
 
 
-def _draft_layer(last_layer: nn.Module) -> nn.Module:
-    layer = copy.deepcopy(last_layer)
+def _draft_layer(target: PreTrainedModel) -> nn.Module:
+    layer = copy_decoder_layer(target, 0)
     layer.input_layernorm = nn.Identity()  # g is a learnt mix of embedding and feature; EAGLE does not normalise it
-    layer.self_attn.layer_idx = 0  # the only layer of the drafter's own cache
-    return layer.requires_grad_(True)  # trainable even when the target was frozen before the copy
+    return layer
 
 
 def _feature_noise(features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ head); only its trainable weights are saved. A head directory holds `head.safete
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from clover2.atomic import atomic_directory
 from clover2.drafter import Drafter
@@ -72,6 +73,33 @@ class DraftHead(nn.Module):
     def drafter(self) -> Drafter:
         """A drafter that proposes trees with this head (its tree settings come from the options)."""
         raise NotImplementedError
+
+
+def copy_decoder_layer(target: PreTrainedModel, slot: int) -> nn.Module:
+    """A trainable copy of the target's last decoder layer, as layer `slot` of the head's own KV cache.
+
+    Heads pass it boolean masks, which SDPA reads as "may attend" and eager attention would add.
+    """
+    layer = copy.deepcopy(target.get_decoder().layers[-1]).requires_grad_(True)  # even if the target is frozen
+    layer.self_attn.layer_idx = slot
+    layer.self_attn.config._attn_implementation = "sdpa"
+    return layer
+
+
+def run_layers(
+    layers: list[nn.Module],
+    rotary: nn.Module,
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    visible: torch.Tensor,
+    cache: DynamicCache | None,
+) -> torch.Tensor:
+    """x [B, n, H] through decoder layers at `positions`, attending as the bool mask `visible` [B, 1, n, kv] allows."""
+    rope = rotary(x, positions)
+    for layer in layers:
+        x = layer(x, attention_mask=visible, position_ids=positions, cache=cache, use_cache=cache is not None,
+                  position_embeddings=rope)  # fmt: skip
+    return x
 
 
 HEADS: dict[str, type[DraftHead]] = {}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, static_tree
@@ -85,10 +85,7 @@ class Clover2Head(DraftHead):
         self.register_buffer("lm_weight", target.get_output_embeddings().weight.detach(), persistent=False)
         self.ad1 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
         self.ad2 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
-        self.blocks = nn.ModuleList(copy.deepcopy(decoder.layers[-1]) for _ in range(2))
-        for index, block in enumerate(self.blocks):
-            block.self_attn.layer_idx = index  # its own cache, not the target's
-            block.self_attn.config._attn_implementation = "sdpa"  # eager would add a bool mask, not apply it
+        self.blocks = nn.ModuleList(copy_decoder_layer(target, slot) for slot in range(2))
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.norm_c = copy.deepcopy(decoder.norm)
         self.norm_h = copy.deepcopy(decoder.norm)
@@ -111,12 +108,7 @@ class Clover2Head(DraftHead):
     def augment(self, a: torch.Tensor, start: int, visible: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
         """s0 = RMSNorm_c(AB(a)) for a [B, L, H] at positions start.., attending as `visible` [B, 1, L, kv] allows."""
         positions = torch.arange(start, start + a.shape[1], device=a.device).expand(a.shape[0], -1)
-        rope = self.rotary(a, positions)
-        x = a
-        for block in self.blocks:
-            x = block(x, attention_mask=visible, position_ids=positions, cache=cache, use_cache=cache is not None,
-                      position_embeddings=rope)  # fmt: skip
-        return self.norm_c(x)
+        return self.norm_c(run_layers(self.blocks, self.rotary, a, positions, visible, cache))
 
     def head0(self, s: torch.Tensor) -> torch.Tensor:
         return self.norm_h(self.fc0(s))

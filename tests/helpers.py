@@ -36,3 +36,36 @@ def prompt_states(model, ids: list[int]) -> TargetStates:
     """The target's u and h for a token sequence, as the engine would hand them to a drafter."""
     batch = teacher_batch(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
     return TargetStates(batch.u[0], batch.h[0])
+
+
+def check_overfit_then_accepted(model, trained, prompt: list[int]) -> None:
+    """A head overfitted on the target's continuation of `prompt` lost most of its loss and drafts it back."""
+    head, before, after = trained
+    assert after < 0.3 * before
+    plain = generate(model, prompt, DecodeConfig(max_new_tokens=40), NO_STOP)
+    record = generate(model, prompt, DecodeConfig(max_new_tokens=40), NO_STOP, drafter=head.drafter())
+    assert record.tokens == plain.tokens
+    assert record.steps < plain.steps / 2  # it learnt the continuation it trained on
+
+
+def check_greedy_lossless(model, head, prompt: list[int]) -> None:
+    config = DecodeConfig(max_new_tokens=40)
+    plain = generate(model, prompt, config, NO_STOP)
+    record = generate(model, prompt, config, NO_STOP, drafter=head.drafter())
+    assert record.tokens == plain.tokens
+    assert sum(record.accept_lengths) == 40
+
+
+def check_seeded_sampling(model, head, prompt: list[int]) -> None:
+    config = DecodeConfig(temperature=1.0, max_new_tokens=40)
+    runs = [generate(model, prompt, config, NO_STOP, torch.Generator().manual_seed(0), head.drafter()) for _ in range(2)]
+    assert runs[0].new_tokens == sum(runs[0].accept_lengths) == 40
+    assert runs[0].tokens == runs[1].tokens  # the seeded generator drives every draw, drafts included
+
+
+def overfitted(head_class, model, prompt: list[int]):
+    """(head, loss before, loss after): a fresh head trained 60 steps on the target's continuation of `prompt`."""
+    torch.manual_seed(1)
+    head = head_class(model)
+    losses = train_steps(head, continuation_batch(model, prompt), steps=60, lr=1e-2)
+    return head, losses[0], losses[-1]

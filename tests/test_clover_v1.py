@@ -6,13 +6,19 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.clover import CloverHead
-from clover2.decoding import DecodeConfig, generate
 from clover2.draft_head import load_head, save_head
 from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
 from clover2.teacher import teacher_batch
 from clover2.tree import STATIC_TREES
-from helpers import NO_STOP, continuation_batch, prompt_states, train_steps
+from helpers import (
+    check_greedy_lossless,
+    check_overfit_then_accepted,
+    check_seeded_sampling,
+    continuation_batch,
+    overfitted,
+    prompt_states,
+)
 
 PROMPTS = [[1, 100, 200, 300, 400, 17, 17, 17, 9, 33], [1, 5, 9, 33, 7]]
 H, V, I, N_HEADS, N_KV = 64, 512, 128, 4, 2  # tiny_llama's sizes
@@ -34,11 +40,7 @@ def _perturbed(model, scale=0.05):
 
 @pytest.fixture(scope="module")
 def trained(tiny_llama):
-    torch.manual_seed(1)
-    head = CloverHead(tiny_llama)
-    losses = train_steps(head, continuation_batch(tiny_llama, PROMPTS[0]), steps=60, lr=1e-2)
-    before, after = losses[0], losses[-1]
-    return head, before, after
+    return overfitted(CloverHead, tiny_llama, PROMPTS[0])
 
 
 @pytest.mark.parametrize("heads", [3, 1])
@@ -157,33 +159,17 @@ def test_tree_children_come_from_their_parents_rnn_state(tiny_llama):
 
 
 def test_training_overfits_one_batch_and_drafts_get_accepted(tiny_llama, trained):
-    head, before, after = trained
-    assert after < 0.3 * before
-    plain = generate(tiny_llama, PROMPTS[0], DecodeConfig(max_new_tokens=40), NO_STOP)
-    record = generate(tiny_llama, PROMPTS[0], DecodeConfig(max_new_tokens=40), NO_STOP, drafter=head.drafter())
-    assert record.tokens == plain.tokens
-    assert record.steps < plain.steps / 2  # it learnt the continuation it trained on
+    check_overfit_then_accepted(tiny_llama, trained, PROMPTS[0])
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("is_trained", [False, True])
 def test_greedy_drafting_is_lossless(tiny_llama, trained, prompt, is_trained):
-    head = trained[0] if is_trained else _perturbed(tiny_llama)
-    config = DecodeConfig(max_new_tokens=40)
-    plain = generate(tiny_llama, prompt, config, NO_STOP)
-    record = generate(tiny_llama, prompt, config, NO_STOP, drafter=head.drafter())
-    assert record.tokens == plain.tokens
-    assert sum(record.accept_lengths) == 40
+    check_greedy_lossless(tiny_llama, trained[0] if is_trained else _perturbed(tiny_llama), prompt)
 
 
 def test_sampling_runs_to_the_budget_reproducibly(tiny_llama, trained):
-    config = DecodeConfig(temperature=1.0, max_new_tokens=40)
-    runs = [
-        generate(tiny_llama, PROMPTS[0], config, NO_STOP, torch.Generator().manual_seed(0), trained[0].drafter())
-        for _ in range(2)
-    ]
-    assert runs[0].new_tokens == sum(runs[0].accept_lengths) == 40
-    assert runs[0].tokens == runs[1].tokens  # the seeded generator drives every draw, drafts included
+    check_seeded_sampling(tiny_llama, trained[0], PROMPTS[0])
 
 
 def test_tree_is_cut_to_the_number_of_heads(tiny_llama):

@@ -1,7 +1,6 @@
 """The plain decoding loop against HF generate, its stopping rules, sampling and turn records."""
 
 import pytest
-import torch
 
 from baselines.hf_generate import hf_generate
 from clover2.chat import prompt_ids
