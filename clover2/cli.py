@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,8 +78,6 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _check_lossless(args: argparse.Namespace) -> int:
-    import json
-
     from clover2.atomic import atomic_write_text
     from clover2.chat import prompt_ids
     from clover2.lossless import check_greedy, check_sampling
@@ -156,6 +156,35 @@ def _options(pairs: list[str] | None) -> dict:
     return options
 
 
+def _kernels_bench(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
+    from clover2.atomic import atomic_write_text
+    from clover2.provenance import provenance
+    from clover2.targets import DTYPES, load_target
+
+    device = torch.device(args.device)
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Clover2Error(f"kernels-bench --device {args.device}: the Triton kernels need a CUDA device")
+    unknown = sorted(set(args.shapes) - {"smollm2", "7b"})
+    if unknown:
+        raise Clover2Error(f"kernels-bench --shapes: unknown {', '.join(unknown)} (expected smollm2, 7b)")
+    from clover2.kernels import bench
+
+    report = {"attention": bench.attention_rows(args.shapes, args.tree_sizes, args.prefixes, DTYPES[args.dtype], device, args.repeats)}
+    if args.target:
+        target = load_target(args.target, device=args.device, dtype=args.dtype)
+        report["verify_step"] = bench.verify_rows(target, args.tree_sizes, args.prefixes, args.repeats)
+    for part, rows in report.items():
+        print(f"## {part} ({args.dtype}, median ms over {args.repeats}; *_over_kernel > 1: the kernel is faster)")
+        print(pd.DataFrame(rows).to_string(index=False))
+    if args.out:
+        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key != "func"}
+        document = {**report, "provenance": provenance(settings, device, 0)}
+        atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from clover2.tasks import load_questions, task_names
 
@@ -179,6 +208,7 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--kernels", choices=["auto", "triton", "torch"], help="verification kernels (default auto: Triton on CUDA)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -221,6 +251,17 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument("--device")
     training.set_defaults(func=_train)
 
+    kernels = verbs.add_parser("kernels-bench", help="time the tree-attention kernel against SDPA and eager (GPU)")
+    kernels.add_argument("--target", type=Path, help="also time the whole verification step on this target")
+    kernels.add_argument("--device", default="cuda")
+    kernels.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    kernels.add_argument("--shapes", nargs="+", default=["smollm2", "7b"], help="smollm2 (9/3 heads, dim 64), 7b (32/32, 128)")
+    kernels.add_argument("--tree-sizes", nargs="+", type=int, default=[26, 60])
+    kernels.add_argument("--prefixes", nargs="+", type=int, default=[256, 512, 1024, 2048])
+    kernels.add_argument("--repeats", type=int, default=50)
+    kernels.add_argument("--out", type=Path, help="write the rows and provenance (JSON) here")
+    kernels.set_defaults(func=_kernels_bench)
+
     tasks = verbs.add_parser("tasks", help="list the registered question sets")
     tasks.set_defaults(func=_tasks)
     return parser
@@ -228,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "kernels", None):
+        os.environ["CLOVER2_KERNELS"] = args.kernels  # read by clover2.kernels.backend_for on every call
     try:
         return args.func(args) or 0
     except Clover2Error as error:

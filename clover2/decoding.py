@@ -17,6 +17,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.drafter import Drafter, NoDrafter, TargetStates
+from clover2.kernels import compact_kv, visible_keys
 from clover2.tree import DraftTree
 from clover2.verify import AcceptRule, default_acceptance
 
@@ -139,11 +140,14 @@ def verify_forward(model: PreTrainedModel, cache: DynamicCache, tree: DraftTree)
     prefix = cache.get_seq_length()
     device = model.device
     shape = tree.shape
-    visible = torch.cat([torch.ones(shape.size, prefix, dtype=torch.bool), shape.mask], dim=1)
+    visible = visible_keys(shape.mask, prefix).view(1, 1, shape.size, -1).to(device)
+    if model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
+        visible = torch.zeros(visible.shape, dtype=model.dtype, device=device).masked_fill(~visible, torch.finfo(model.dtype).min)
     output = model(
         input_ids=tree.tokens.view(1, -1).to(device),
         position_ids=(prefix + shape.depths).view(1, -1).to(device),
-        attention_mask=visible.view(1, 1, shape.size, -1).to(device),
+        attention_mask=visible,
+        tree_mask=shape.mask.to(device),  # read by the tree-attention kernel, ignored by SDPA
         cache=cache,
         use_cache=True,
     )
@@ -152,11 +156,7 @@ def verify_forward(model: PreTrainedModel, cache: DynamicCache, tree: DraftTree)
 
 def keep_path(cache: DynamicCache, prefix: int, path: list[int]) -> None:
     """Keep the K/V entries of the accepted path, moved right behind the prefix; drop every other node."""
-    if path != list(range(len(path))):
-        source = torch.tensor(path, device=cache.layers[0].keys.device) + prefix
-        for layer in cache.layers:
-            layer.keys[..., prefix : prefix + len(path), :] = layer.keys[..., source, :]
-            layer.values[..., prefix : prefix + len(path), :] = layer.values[..., source, :]
+    compact_kv(cache.layers, prefix, path)
     excess = cache.get_seq_length() - prefix - len(path)
     if excess:
         cache.crop(-excess)  # transformers 5.24: a negative count removes that many entries

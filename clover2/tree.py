@@ -8,6 +8,7 @@ siblings are stored in rank order (METHODS.md §4-§5).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -191,6 +192,17 @@ def static_tree(name: str) -> TreeShape:
     if name not in STATIC_TREES:
         raise Clover2Error(f"unknown static tree {name!r}; known: {', '.join(sorted(STATIC_TREES))}")
     return TreeShape.from_paths(STATIC_TREES[name])
+
+
+def random_tree(size: int, seed: int, max_width: int = 12) -> TreeShape:
+    """A random breadth-first tree of `size` nodes shaped like EAGLE-2's dynamic trees (tests, benchmarks)."""
+    rng = random.Random(seed)
+    parents, level = [-1], range(0, 1)
+    while len(parents) < size:
+        width = min(rng.randint(1, max_width), size - len(parents))
+        parents += sorted(rng.choice(level) for _ in range(width))
+        level = range(len(parents) - width, len(parents))
+    return TreeShape.from_parents(parents)
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clover2.kernels import greedy_accept
 from clover2.tree import DraftTree
 
 
@@ -36,15 +37,11 @@ def default_acceptance(
 def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> Acceptance:
     """The longest root-to-leaf path whose drafted tokens equal the target's argmax at their parents."""
     choice = logits.argmax(dim=-1)  # [N]: the target's token after each node
-    paths = tree.shape.retrieve.to(logits.device)  # [L, D + 1], padded with -1
-    nodes = paths.clamp(min=0)
-    matches = (tree.tokens.to(logits.device)[nodes[:, 1:]] == choice[nodes[:, :-1]]) & (paths[:, 1:] >= 0)
-    accepted = matches.long().cumprod(dim=1).sum(dim=1)  # drafted tokens accepted along each path
-    best = int(accepted.argmax())
-    length = int(accepted[best])
+    paths = tree.shape.retrieve
+    best, length, bonus = greedy_accept(tree.tokens.to(choice.device), choice, paths.to(choice.device))
     path = paths[best, : length + 1].tolist()
     ran_out = length + 1 == paths.shape[1] or int(paths[best, length + 1]) < 0
-    return Acceptance(path, int(choice[path[-1]]), None if ran_out else length + 1)
+    return Acceptance(path, bonus, None if ran_out else length + 1)
 
 
 def accept_sampling(tree: DraftTree, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> Acceptance:

@@ -12,6 +12,10 @@ if "CLOVER2_DATA_MIRROR" not in os.environ and _MIRROR.is_dir():
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Without CUDA the Triton kernels run under Triton's interpreter; it must be chosen before Triton loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 
