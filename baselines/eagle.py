@@ -43,6 +43,12 @@ class EagleHead(DraftHead):
 
     method = "eagle"
     defaults: ClassVar[dict] = TRAINING_DEFAULTS | {"tree": "eagle_mc_sim_7b_63"}
+    shares_weights_with: ClassVar[frozenset[str]] = frozenset({"eagle", "eagle2"})
+
+    @classmethod
+    def options_from(cls, method: str, options: dict) -> dict:
+        # The loss settings carry over; the tree settings are each method's own.
+        return {key: value for key, value in options.items() if key in cls.defaults}
 
     def __init__(self, target: PreTrainedModel, **options) -> None:
         super().__init__(target, **_resolved_options(self.method, self.defaults, options))

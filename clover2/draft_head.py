@@ -55,6 +55,13 @@ class DraftHead(nn.Module):
     """The protocol every trainable head follows; subclasses register under their method name."""
 
     method: ClassVar[str]
+    # Other methods whose trained weights this head drafts with as they are (EAGLE-2 uses EAGLE's).
+    shares_weights_with: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def options_from(cls, method: str, options: dict) -> dict:
+        """The options of a `method` head's head.json that this head keeps when it loads those weights."""
+        return options
 
     def __init__(self, target: PreTrainedModel, **options) -> None:
         super().__init__()
@@ -146,20 +153,26 @@ def save_head(head: DraftHead, directory: Path, target_identity: dict, extra_fil
     return Path(directory)
 
 
-def load_head(directory: Path, target: PreTrainedModel) -> DraftHead:
-    """Rebuild a head for `target` and load its trained weights; mismatches are errors naming the file."""
+def load_head(directory: Path, target: PreTrainedModel, method: str | None = None) -> DraftHead:
+    """Rebuild a head for `target` and load its trained weights; mismatches are errors naming the file.
+
+    `method` (default: the one that trained it) may name another method that shares its weights.
+    """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG, directory / WEIGHTS
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        method, options = config["method"], config["options"]
+        trained, options = config["method"], config["options"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise Clover2Error(f"{config_path}: not a head config ({error})") from None
+    method = method or trained
+    if method != trained and trained not in head_class(method).shares_weights_with:
+        raise Clover2Error(f"{directory}: holds a {trained} head, not {method}")
     for key, actual in (("hidden_size", target.config.hidden_size), ("vocab_size", target.config.vocab_size)):
         if config.get(key) != actual:
             raise Clover2Error(f"{config_path}: {key} is {config.get(key)}, but the target's is {actual}: a head for another target")
     try:
-        head = head_class(method)(target, **options)
+        head = head_class(method)(target, **head_class(method).options_from(trained, options))
     except TypeError as error:
         raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
     try:

@@ -52,9 +52,7 @@ def _trained(method: str, head_dir: Path) -> MethodFactory:
     """A method that drafts with a trained head, loaded for (and checked against) the target."""
 
     def make(model: PreTrainedModel) -> DecodeTurn:
-        head = load_head(head_dir, model)
-        if head.method != method:
-            raise Clover2Error(f"{head_dir}: holds a {head.method} head, not {method}")
+        head = load_head(head_dir, model, method)
         return partial(generate, drafter=head.eval().to(model.device, model.dtype).drafter())
 
     return make

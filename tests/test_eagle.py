@@ -323,3 +323,13 @@ def test_head_for_another_target_is_an_error(tiny_llama, tmp_path):
     )
     with pytest.raises(Clover2Error, match="head.json.*hidden_size"):
         load_head(directory, other)
+
+
+def test_an_eagle_head_drafts_for_eagle2_and_no_other_method(tiny_llama, tmp_path):
+    head = EagleHead(tiny_llama, noise=False, tree="eagle_mc_sim_7b_63")
+    directory = save_head(head, tmp_path / "head", {"name": "tiny"})
+    loaded = load_head(directory, tiny_llama, "eagle2")
+    assert type(loaded) is Eagle2Head and loaded.options["noise"] is False and "tree" not in loaded.options
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trainable_state(head).items())
+    with pytest.raises(Clover2Error, match="holds a eagle head, not medusa"):
+        load_head(directory, tiny_llama, "medusa")
