@@ -54,19 +54,27 @@ def run(
     config: DecodeConfig,
     provenance: dict,
     warmup: int = 3,
+    baseline: tuple[str, DecodeTurn] | None = None,
 ) -> Iterator[dict]:
-    """Yield one result row per question, with a progress bar."""
+    """Yield one result row per question (and per baseline run of it), with a progress bar.
+
+    With a `baseline` (name, decoder), each question is decoded by both, in alternating order, in
+    this process: their speed ratio is measured under the same conditions at the same time.
+    """
+    runs = [(method, decode)] + ([baseline] if baseline else [])
     if questions and warmup:
-        warm_up(target, decode, questions[0], config, warmup)
-    for question in tqdm(questions, desc=f"{method} on {questions[0].task if questions else '-'}", unit="q"):
-        yield {
-            "task": question.task,
-            "question_id": question.question_id,
-            "category": question.category,
-            "method": method,
-            "turns": decode_question(target, decode, question, config),
-            "provenance": provenance,
-        }
+        for _, run_decode in runs:
+            warm_up(target, run_decode, questions[0], config, warmup)
+    for index, question in enumerate(tqdm(questions, desc=f"{method} on {questions[0].task if questions else '-'}", unit="q")):
+        for name, run_decode in runs if index % 2 == 0 else runs[::-1]:
+            yield {
+                "task": question.task,
+                "question_id": question.question_id,
+                "category": question.category,
+                "method": name,
+                "turns": decode_question(target, run_decode, question, config),
+                "provenance": provenance,
+            }
 
 
 def write_jsonl(path: Path, rows: Iterator[dict]) -> int:

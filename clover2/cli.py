@@ -46,13 +46,19 @@ def _setup(args: argparse.Namespace):
 
     from clover2.methods import method_factory
     from clover2.targets import load_target
-    from clover2.tasks import load_questions
+    from clover2.tasks import load_questions, read_questions
 
+    if args.limit is not None and args.limit < 0:
+        raise Clover2Error(f"--limit must be >= 0, got {args.limit}")
     if args.threads:
         torch.set_num_threads(args.threads)
     make_method = method_factory(args.method, args.head)
     config = _decode_config(args)
-    questions = load_questions(args.task, limit=args.limit, ids=args.ids)
+    if args.questions:
+        questions = read_questions(args.questions)[: args.limit]
+        args.task = questions[0].task
+    else:
+        questions = load_questions(args.task, limit=args.limit, ids=args.ids)
     args.device = args.device or _default_device()
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     target = load_target(args.target, device=args.device, dtype=args.dtype)
@@ -71,8 +77,11 @@ def _provenance(args: argparse.Namespace, target) -> dict:
 def _bench(args: argparse.Namespace) -> None:
     from clover2 import bench
 
+    from clover2.methods import method_factory
+
     target, decode, questions, config = _setup(args)
-    rows = bench.run(target, args.method, decode, questions, config, _provenance(args, target), warmup=args.warmup)
+    baseline = (args.baseline, method_factory(args.baseline)(target.model)) if args.baseline else None
+    rows = bench.run(target, args.method, decode, questions, config, _provenance(args, target), args.warmup, baseline)
     count = bench.write_jsonl(args.out, rows)
     print(f"{count} questions -> {args.out}")
 
@@ -185,6 +194,22 @@ def _kernels_bench(args: argparse.Namespace) -> None:
         atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from clover2.report import build_tables, write_tables
+
+    tables = build_tables(args.bench, args.lossless, args.heads, args.baseline)
+    write_tables(tables, args.out, args.markdown, args.tables_dir)
+    print(f"{len(tables)} tables -> {args.out}")
+
+
+def _questions(args: argparse.Namespace) -> None:
+    from clover2.tasks import load_questions, write_questions
+
+    questions = load_questions(args.task, limit=args.limit)
+    write_questions(args.out, questions)
+    print(f"{len(questions)} questions of {args.task} -> {args.out}")
+
+
 def _tasks(args: argparse.Namespace) -> None:
     from clover2.tasks import load_questions, task_names
 
@@ -198,7 +223,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
     parser.add_argument("--method", required=True)
     parser.add_argument("--head", type=Path, help="the trained head directory, for methods that draft with one")
-    parser.add_argument("--task", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a registered task (clover2 tasks lists them)")
+    source.add_argument("--questions", type=Path, help="a question file written by clover2 questions")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--limit", type=int, help="the first N questions of the task")
     parser.add_argument("--ids", nargs="+", help="only these question ids")
@@ -224,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("bench", help="decode a task's questions with one method; one JSON line per question")
     _decoding_arguments(run)
     run.add_argument("--warmup", type=int, default=3, help="warm-up generations excluded from the records")
+    run.add_argument("--repeat", type=int, default=0, help="which timing repeat this run is (recorded in the provenance)")
+    run.add_argument("--baseline", help="also decode every question with this method (e.g. vanilla), interleaved")
     run.add_argument("--out", type=Path, required=True)
     run.set_defaults(func=_bench)
 
@@ -245,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     training.add_argument("--option", action="append", help="a head option KEY=VALUE (repeatable), e.g. tree=...")
     for name, kind in (("conversations", int), ("heldout", int), ("max-length", int), ("batch-size", int),
                        ("epochs", int), ("max-steps", int), ("minutes", float), ("lr", float),
-                       ("warmup-steps", int), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):  # fmt: skip
+                       ("warmup-steps", int), ("schedule", str), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):  # fmt: skip
         training.add_argument(f"--{name}", type=kind)
     training.add_argument("--threads", type=int)
     training.add_argument("--device")
@@ -261,6 +290,22 @@ def _parser() -> argparse.ArgumentParser:
     kernels.add_argument("--repeats", type=int, default=50)
     kernels.add_argument("--out", type=Path, help="write the rows and provenance (JSON) here")
     kernels.set_defaults(func=_kernels_bench)
+
+    report = verbs.add_parser("report", help="regenerate the tables from raw bench records, losslessness reports and heads")
+    report.add_argument("--bench", type=Path, nargs="+", required=True, help="bench JSONL files")
+    report.add_argument("--lossless", type=Path, nargs="*", default=[], help="check-lossless reports (JSON)")
+    report.add_argument("--heads", type=Path, nargs="*", default=[], help="trained head directories")
+    report.add_argument("--baseline", default="vanilla", help="the method speedups are relative to")
+    report.add_argument("--out", type=Path, required=True, help="all tables, booktabs LaTeX")
+    report.add_argument("--markdown", type=Path, help="all tables, Markdown")
+    report.add_argument("--tables-dir", type=Path, help="also one NAME.tex per table here")
+    report.set_defaults(func=_report)
+
+    select = verbs.add_parser("questions", help="write a task's selected questions to a file (the workflow's data stage)")
+    select.add_argument("--task", required=True)
+    select.add_argument("--limit", type=int, help="the first N questions")
+    select.add_argument("--out", type=Path, required=True)
+    select.set_defaults(func=_questions)
 
     tasks = verbs.add_parser("tasks", help="list the registered question sets")
     tasks.set_defaults(func=_tasks)

@@ -25,17 +25,29 @@ class Example:
 
 def read_conversations(path: Path) -> Iterator[list[dict[str, str]]]:
     """Chat messages per conversation; turns from other roles or empty texts end the usable part."""
+    for where, item in _records(Path(path)):
+        try:
+            record = json.loads(item) if isinstance(item, str) else item
+            messages = [{"role": ROLES.get(t["from"], ""), "content": t["value"]} for t in record["conversations"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise Clover2Error(f"{path}:{where}: expected {{'conversations': [{{'from', 'value'}}, ...]}} ({error})") from None
+        yield _usable_prefix(messages)
+
+
+def _records(path: Path) -> Iterator[tuple[int | str, str | dict]]:
+    """(where, record): JSON lines (.jsonl[.gz]) as text per line, or one JSON array (.json[.gz], as ShareGPT ships)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+        if path.name.endswith((".json", ".json.gz")):
             try:
-                turns = json.loads(line)["conversations"]
-                messages = [{"role": ROLES.get(t["from"], ""), "content": t["value"]} for t in turns]
-            except (ValueError, KeyError, TypeError) as error:
-                raise Clover2Error(f"{path}:{number}: expected {{'conversations': [{{'from', 'value'}}, ...]}} ({error})") from None
-            yield _usable_prefix(messages)
+                records = json.load(handle)
+            except ValueError as error:
+                raise Clover2Error(f"{path}: not a JSON array of conversations ({error})") from None
+            if not isinstance(records, list):
+                raise Clover2Error(f"{path}: expected a JSON array of conversations, got {type(records).__name__}")
+            yield from ((f"record {index}", record) for index, record in enumerate(records))
+            return
+        yield from ((number, line) for number, line in enumerate(handle, start=1) if line.strip())
 
 
 def _usable_prefix(messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +344,26 @@ def _read_package_data(package: str, inner: str) -> bytes:
         return importlib.resources.files(package).joinpath(inner).read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as err:
         raise Clover2Error(f"cannot read {inner} from the installed package {package!r} ({err})") from None
+
+
+# --------------------------------------------------------------------------- question files
+
+
+def write_questions(path: Path, questions: Sequence[Question]) -> None:
+    """The selected questions as JSON lines (the workflow's data stage), written atomically."""
+    lines = [json.dumps({**asdict(q), "turns": list(q.turns)}, ensure_ascii=False) for q in questions]
+    atomic_write_bytes(Path(path), "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def read_questions(path: Path) -> list[Question]:
+    """Questions from a file `write_questions` made; a malformed line is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise Clover2Error(f"question file not found: {path}")
+    questions = [
+        Question(line.text("task"), line.question_id(), line.text("category"), line.turns(), line.row.get("reference"))
+        for line in _jsonl_lines(path)
+    ]
+    if not questions:
+        raise Clover2Error(f"{path}: no questions")
+    return questions

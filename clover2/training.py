@@ -9,7 +9,7 @@ resumes from its last checkpoint.
 from __future__ import annotations
 
 import json
-import math
+import os
 import random
 import shutil
 import time
@@ -92,7 +92,9 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
     examples = load_examples(target.tokenizer, data, config.conversations + config.heldout, config.max_length)
     heldout, examples = examples[: config.heldout], examples[config.heldout :]
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else target.stop_token_ids[0]
-    per_epoch = math.ceil(len(examples) / config.batch_size)
+    # batch_size is per process: each step takes one global batch and every process trains its share.
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = max(1, len(examples) // (config.batch_size * world))  # whole global batches only
     total_steps = config.max_steps or per_epoch * config.epochs
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas)
@@ -112,14 +114,15 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
         return {"loss": sum(float(r.total) for r in results) / len(results), **_accuracy(results)}
 
     started = time.monotonic()
-    log = (work / LOG).open("a", encoding="utf-8")
-    progress = tqdm(total=total_steps, initial=step, desc=f"train {config.method}", unit="step")
+    main = accelerator.is_main_process  # with several processes, only the first writes files
+    log = (work / LOG).open("a", encoding="utf-8") if main else open(os.devnull, "w")
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {config.method}", unit="step", disable=not main)
     head.train()
     record: dict = {}
     try:
-        while step < total_steps and not _out_of_time(config, started):
+        while step < total_steps and not _out_of_time(config, started, accelerator):
             epoch, index = divmod(step, per_epoch)
-            items = _batches(examples, config.batch_size, config.seed, epoch)[index]
+            items = _batches(examples, config.batch_size * world, config.seed, epoch)[index][rank::world]
             with accelerator.autocast():
                 result = head(batch_of(items))
             accelerator.backward(result.total)
@@ -137,6 +140,7 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
             log.flush()
             if step % config.checkpoint_every == 0:
                 _checkpoint(accelerator, work, step)
+                accelerator.wait_for_everyone()  # the swapped-in checkpoint exists for every process
         if "heldout" not in record:
             log.write(json.dumps({"step": step, "heldout": evaluate()}) + "\n")
     finally:
@@ -144,14 +148,20 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
         progress.close()
     training = {"config": asdict(config), "steps": step, "seconds": round(time.monotonic() - started, 1),
                 "examples": len(examples), "heldout": len(heldout)}  # fmt: skip
-    extra = {LOG: (work / LOG).read_text(encoding="utf-8"), "training.json": json.dumps(training, indent=2) + "\n"}
-    save_head(accelerator.unwrap_model(head), out, target.identity, extra)
-    shutil.rmtree(work)
+    if main:
+        extra = {LOG: (work / LOG).read_text(encoding="utf-8"), "training.json": json.dumps(training, indent=2) + "\n"}
+        save_head(accelerator.unwrap_model(head), out, target.identity, extra)
+        shutil.rmtree(work)
+    accelerator.wait_for_everyone()
     return out
 
 
-def _out_of_time(config: TrainConfig, started: float) -> bool:
-    return config.minutes is not None and time.monotonic() - started >= 60 * config.minutes
+def _out_of_time(config: TrainConfig, started: float, accelerator: Accelerator) -> bool:
+    """The wall-time budget is spent (every process stops at the same step: the latest one decides)."""
+    late = config.minutes is not None and time.monotonic() - started >= 60 * config.minutes
+    if accelerator.num_processes == 1:
+        return late
+    return bool(accelerator.reduce(torch.tensor(float(late), device=accelerator.device), "max"))
 
 
 def _resume(accelerator: Accelerator, work: Path) -> int:
@@ -159,21 +169,27 @@ def _resume(accelerator: Accelerator, work: Path) -> int:
     work.mkdir(parents=True, exist_ok=True)
     state = work / "checkpoint" / STATE
     if not state.exists():
-        (work / LOG).write_text("", encoding="utf-8")
+        if accelerator.is_main_process:
+            (work / LOG).write_text("", encoding="utf-8")
         return 0
     accelerator.load_state(str(work / "checkpoint"))
     step = json.loads(state.read_text(encoding="utf-8"))["step"]
     # The log may run past the checkpoint: keep the lines up to it so the resumed run continues it.
     lines = [line for line in (work / LOG).read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-    (work / LOG).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    if accelerator.is_main_process:
+        (work / LOG).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return step
 
 
 def _checkpoint(accelerator: Accelerator, work: Path, step: int) -> None:
     """Save optimiser, scheduler, head and RNG states beside the old checkpoint, then swap them in."""
     fresh = work / "checkpoint.tmp"
-    shutil.rmtree(fresh, ignore_errors=True)
-    accelerator.save_state(str(fresh))
-    atomic_write_text(fresh / STATE, json.dumps({"step": step}) + "\n")
-    shutil.rmtree(work / "checkpoint", ignore_errors=True)
-    fresh.rename(work / "checkpoint")
+    if accelerator.is_main_process:
+        shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh))  # every process takes part; accelerate writes the shared files once
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(fresh / STATE, json.dumps({"step": step}) + "\n")
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        fresh.rename(work / "checkpoint")

@@ -62,6 +62,16 @@ def test_conversations_keep_the_alternating_prefix(tmp_path):
     assert [len(c) for c in read_conversations(path)] == [2, 0]
 
 
+def test_sharegpt_json_array_reads_like_json_lines(tmp_path):
+    lines = _sharegpt(tmp_path / "c.jsonl.gz", CHATS[:3])
+    array = tmp_path / "c.json"
+    array.write_text(json.dumps([json.loads(line) for line in gzip.open(lines, "rt")]))
+    assert list(read_conversations(array)) == list(read_conversations(lines))
+    array.write_text(json.dumps([{"id": "0"}]))
+    with pytest.raises(Clover2Error, match=r"c.json:record 0: expected"):
+        list(read_conversations(array))
+
+
 def test_malformed_line_names_file_and_line(tmp_path, tokenizer):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}]}) + "\n{not json\n")

@@ -1,0 +1,44 @@
+# clover2-bench: from a config to every artefact. Rules only wire files to `clover2` commands.
+#   snakemake --cores all                       the embedded default (SmolLM2-135M-Instruct on CPU)
+#   snakemake --cores all results/tables.tex    only what the tables need
+#   snakemake --configfile workflow/config/smoke.yaml --cores all     CI's smoke run
+#   snakemake --profile workflow/profiles/slurm --configfile workflow/config/paper-vicuna7b.yaml
+from snakemake.utils import min_version, validate
+
+from clover2 import workflow as wf
+
+min_version("9.0")
+
+# A --configfile replaces the embedded default: the configfile directive would merge the two,
+# leaking the default's keys (say, a training time budget) into every other config.
+if not workflow.config_settings.configfiles:
+
+    configfile: f"{workflow.basedir}/workflow/config/default.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")  # relative to this Snakefile
+wf.check_config(config)
+
+TARGET = f"results/{config['target']['name']}"
+
+
+wildcard_constraints:
+    method="[A-Za-z0-9_-]+",
+    head="[A-Za-z0-9_-]+",
+    task="[A-Za-z0-9_]+",
+    temperature="[0-9.]+",
+    repeat="[0-9]+",
+    n="[0-9]+",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/target.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/tables.tex",
+        "results/tables.md",

@@ -1,0 +1,157 @@
+"""Every metric of METHODS.md §8, defined once, computed from the raw bench records.
+
+A bench file holds rows of one method and, interleaved in the same job, of its baseline; a speedup
+is only ever computed between rows of the same file (same job, device, threads and repeat).
+Conventions that published numbers got wrong, and that these functions pin:
+- steps count every target forward that yields tokens, the prefill included (τ of plain decoding
+  is exactly 1; a 0-based count would inflate τ);
+- tokens are the engine's own token ids, never re-tokenised text;
+- tasks come from each record's `category` via its `task` field, never from line positions;
+- warm-up generations are not in the records at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import bootstrap
+
+from clover2.errors import Clover2Error
+
+KEYS = ["method", "task", "temperature"]
+CONFIDENCE = 0.95
+
+
+def read_bench(paths: Iterable[Path]) -> pd.DataFrame:
+    """One row per (file, method, question) with its totals over turns."""
+    rows = []
+    for path in paths:
+        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                record = json.loads(line)
+                rows.append(_question_row(record, str(path)))
+            except (ValueError, KeyError, TypeError) as error:
+                raise Clover2Error(f"{path}:{number}: not a bench record ({error!r})") from None
+    if not rows:
+        raise Clover2Error("no bench records to summarise")
+    return pd.DataFrame(rows)
+
+
+def _question_row(record: dict, source: str) -> dict:
+    turns, config = record["turns"], record["provenance"]["config"]
+    phases = {f"{phase}_seconds": sum(t["seconds"][phase] for t in turns) for phase in turns[0]["seconds"]}
+    return {
+        "source": source,
+        "method": record["method"],
+        "task": record["task"],
+        "category": record["category"],
+        "question_id": record["question_id"],
+        "temperature": float(config["temperature"]),
+        "repeat": int(config.get("repeat", 0)),
+        "new_tokens": sum(t["new_tokens"] for t in turns),
+        "steps": sum(t["steps"] for t in turns),
+        "wall_seconds": sum(t["wall_seconds"] for t in turns),
+        **phases,
+        # Per speculative step (the prefill drafts nothing): tokens kept and first rejected depth.
+        "step_lengths": [n for t in turns for n in t["accept_lengths"][1:]],
+        "failed_depths": [d for t in turns for d in t["failed_depths"]],
+    }
+
+
+def tau(new_tokens: pd.Series, steps: pd.Series) -> float:
+    """Mean accepted length, bonus token included: Σ new tokens / Σ steps."""
+    return float(new_tokens.sum() / steps.sum())
+
+
+def throughput(frame: pd.DataFrame) -> pd.Series:
+    """Tokens per second of each question: Σ_turns new tokens / Σ_turns wall time."""
+    return frame["new_tokens"] / frame["wall_seconds"]
+
+
+def paired(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each method's question rows beside the baseline's rows for the same question in the same file."""
+    base = frame[frame["method"] == baseline]
+    others = frame[frame["method"] != baseline]
+    on = ["source", "question_id"]
+    merged = others.merge(base[[*on, "new_tokens", "wall_seconds"]], on=on, suffixes=("", "_base"))
+    if len(merged) != len(others):
+        raise Clover2Error(f"some bench rows have no {baseline} run of the same question in the same file")
+    return merged
+
+
+def speedup_ratio_of_means(method_tps: np.ndarray, base_tps: np.ndarray) -> float:
+    """mean over questions of the method's throughput / mean of the baseline's (Spec-Bench, Clover-2)."""
+    return float(np.mean(method_tps) / np.mean(base_tps))
+
+
+def speedup_total(frame: pd.DataFrame) -> float:
+    """Total tokens over total time of the method, divided by the same for its paired baseline."""
+    method = frame["new_tokens"].sum() / frame["wall_seconds"].sum()
+    base = frame["new_tokens_base"].sum() / frame["wall_seconds_base"].sum()
+    return float(method / base)
+
+
+def bootstrap_ci(method_tps: np.ndarray, base_tps: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the ratio of means, resampling questions (pairs kept)."""
+    if len(method_tps) < 2 or np.ptp(method_tps / base_tps) == 0:
+        return float("nan"), float("nan")
+    result = bootstrap(
+        (method_tps, base_tps), lambda m, b, axis=-1: np.mean(m, axis=axis) / np.mean(b, axis=axis), paired=True,
+        vectorized=True, confidence_level=CONFIDENCE, n_resamples=2000, method="percentile", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def depth_acceptance(failed_depths: Iterable[int | None], step_lengths: Iterable[int]) -> list[float]:
+    """Per tree depth k: of the steps whose path reached depth k, the share that accepted a token there.
+
+    A step with first rejected depth d accepted depths 1..d-1 and tried d; a step without a rejection
+    accepted every depth its path had (its kept tokens less the bonus).
+    """
+    tried, accepted = np.zeros(64), np.zeros(64)
+    for failed, kept in zip(failed_depths, step_lengths):
+        depth = failed if failed is not None else kept - 1
+        ok = depth - 1 if failed is not None else depth
+        tried[:depth] += 1
+        accepted[:ok] += 1
+    reached = int(np.count_nonzero(tried))
+    return [float(a / t) for a, t in zip(accepted[:reached], tried[:reached])]
+
+
+def summary(frame: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
+    """Per (method, task, temperature): τ, tokens/s, speedups with CI, spread over repeats, time split."""
+    rows = []
+    pairs = paired(frame, baseline)
+    for (method, task, temperature), group in frame.groupby(KEYS, sort=True):
+        tps = throughput(group)
+        row = {"method": method, "task": task, "temperature": temperature, "questions": group["question_id"].nunique(),
+               "repeats": group["repeat"].nunique(), "tau": tau(group["new_tokens"], group["steps"]),
+               "tokens_per_s": float(tps.mean())}  # fmt: skip
+        row["extra_tokens_per_step"] = row["tau"] - 1
+        row["depth_acceptance"] = depth_acceptance(_flat(group["failed_depths"]), _flat(group["step_lengths"]))
+        phases = [c for c in group.columns if c.endswith("_seconds") and c != "wall_seconds"]
+        row |= {c.removesuffix("_seconds") + "_share": float(group[c].sum() / group["wall_seconds"].sum()) for c in phases}
+        if method != baseline:
+            row |= _speedups(pairs[(pairs["method"] == method) & (pairs["task"] == task) & (pairs["temperature"] == temperature)])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _speedups(pairs: pd.DataFrame) -> dict:
+    method_tps, base_tps = _tps(pairs)
+    low, high = bootstrap_ci(method_tps, base_tps)
+    per_repeat = [speedup_ratio_of_means(*_tps(g)) for _, g in pairs.groupby("repeat")]
+    return {"speedup": speedup_ratio_of_means(method_tps, base_tps), "speedup_ci_low": low, "speedup_ci_high": high,
+            "speedup_total": speedup_total(pairs), "speedup_repeat_sd": float(np.std(per_repeat, ddof=1)) if len(per_repeat) > 1 else 0.0}  # fmt: skip
+
+
+def _flat(column: pd.Series) -> list:
+    return [item for items in column for item in items]
+
+
+def _tps(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return (pairs["new_tokens"] / pairs["wall_seconds"]).to_numpy(), (pairs["new_tokens_base"] / pairs["wall_seconds_base"]).to_numpy()

@@ -1,0 +1,126 @@
+"""The Snakemake workflow: every config's DAG builds, bad configs fail before any job, the smoke run's outputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clover2.errors import Clover2Error
+from clover2.report import build_tables
+from clover2.workflow import check_config, train_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["default", "smoke", "paper-vicuna7b", "paper-llama3-8b"]
+
+
+def _snakemake(*args: str, workdir: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    # The venv's bin first, so that rules find `clover2` as a fresh shell would after installation.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "workflow" / "config" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_builds_its_whole_dag(name, tmp_path):
+    result = _snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/config" / f"{name}.yaml"), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = _config(name)
+    bench = config["bench"]
+    counts = _job_counts(result.stdout)
+    assert counts["bench"] == len(config["methods"]) * len(bench["tasks"]) * len(bench["temperatures"]) * bench["repeats"]
+    assert counts["train"] == len(config["heads"]) and counts["target"] == counts["report"] == counts["all"] == 1
+    assert counts["lossless"] == len(config["methods"]) * len(config["lossless"]["tasks"]) * len(config["lossless"]["temperatures"])
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    """The dry run's "Job stats" table: rule name -> number of jobs."""
+    table = stdout[stdout.index("Job stats:") :].splitlines()[3:]
+    counts = {}
+    for line in table:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_the_default_config_is_used_without_a_configfile(tmp_path):
+    result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "results/smollm2-135m-instruct/bench/clover2/mt_bench/T0/r2.jsonl" in result.stdout
+
+
+BAD = {
+    "unknown method": ({"methods": {"medusa": {"head": "medusa"}, "lookahead": None}}, "methods.lookahead"),
+    "unknown task": ({"bench": {"tasks": ["mt_bench", "squad"]}}, "bench.tasks"),
+    "negative count": ({"bench": {"questions": -3}}, "questions"),
+    "missing target": ({"target": None}, "target"),
+    "head of another method": ({"methods": {"clover2": {"head": "medusa"}}}, "methods.clover2.head"),
+    "misspelt key": ({"bench": {"repeat": 3}}, "repeat"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=str)
+def test_a_bad_config_fails_before_any_job_naming_the_key(case, tmp_path):
+    change, key = BAD[case]
+    config = _config("smoke")
+    for section, value in change.items():
+        if value is None:
+            config.pop(section)
+        elif isinstance(config.get(section), dict) and section != "methods":
+            config[section].update(value)
+        else:
+            config[section] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _snakemake("-n", "--cores", "1", "--configfile", str(path), workdir=tmp_path)
+    assert result.returncode != 0
+    assert key in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_registry_checks_name_the_key():
+    config = _config("smoke") | {"baseline": "medusa"}
+    with pytest.raises(Clover2Error, match="'baseline'"):
+        check_config(config)
+
+
+def test_train_flags_merge_shared_and_per_head_settings():
+    config = _config("smoke")
+    config["heads"]["clover2"] = {"lr": 0.002, "options": {"heads": 3}}
+    flags = train_flags(config, "clover2")
+    assert "--max-steps 2" in flags and "--lr 0.002" in flags and "--option heads=3" in flags
+    assert "--schedule constant_with_warmup" in flags
+
+
+@pytest.mark.slow
+def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
+    """The whole smoke workflow on the real SmolLM2 target (minutes): every artefact is there and reads."""
+    result = _snakemake("--cores", "2", "--configfile", str(ROOT / "workflow/config/smoke.yaml"), workdir=tmp_path, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = _config("smoke")
+    root = tmp_path / "results" / config["target"]["name"]
+    bench = sorted(root.glob("bench/*/*/T*/r*.jsonl"))
+    assert len(bench) == len(config["methods"]) * 2 * 2
+    for path in bench:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert {row["method"] for row in rows} == {path.parts[-4], "vanilla"}
+    reports = sorted(root.glob("lossless/*/*/T*.json"))
+    assert len(reports) == len(config["methods"]) * 2
+    assert all(json.loads(path.read_text())["report"]["passed"] for path in reports if "T0" in path.name)
+    heads = [root / "heads" / head for head in config["heads"]]
+    assert all((head / "head.safetensors").is_file() for head in heads)
+    tables = build_tables(bench, reports, heads)
+    assert set(config["methods"]) <= {method for _, method in tables["tau"].index}
+    latex = (tmp_path / "results" / "tables.tex").read_text()
+    assert latex.count(r"\begin{table}") == len(tables) and r"\toprule" in latex
+    shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights

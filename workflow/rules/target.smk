@@ -1,0 +1,13 @@
+# The target LLM as a Hugging Face directory (weights, tokenizer, chat template, provenance marker).
+
+
+rule target:
+    output:
+        directory(f"{TARGET}/target"),
+    params:
+        source=config["target"]["source"],
+        template=f"--chat-template {config['target']['chat_template']}" if config["target"].get("chat_template") else "",
+    log:
+        f"{TARGET}/logs/target.log",
+    shell:
+        "clover2 prepare-target {params.source} --out {output} {params.template} > {log} 2>&1"
