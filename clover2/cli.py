@@ -121,9 +121,7 @@ def _train(args: argparse.Namespace) -> None:
 
     import yaml
 
-    from clover2.sharegpt import SHAREGPT_FILE
     from clover2.targets import load_target
-    from clover2.tasks import data_file
     from clover2.training import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -144,12 +142,37 @@ def _train(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    data = None if settings.get("teacher_cache") else _training_data(args)
+    target = load_target(args.target, device=args.device or _default_device())
+    out = train(target, data, args.out, TrainConfig(**settings))
+    print(f"head ready: {out}")
+
+
+def _training_data(args: argparse.Namespace) -> Path:
+    from clover2.sharegpt import SHAREGPT_FILE
+    from clover2.tasks import data_file
+
     data = args.data or data_file(SHAREGPT_FILE)
     if not Path(data).is_file():
         raise Clover2Error(f"training data not found: {data}")
+    return Path(data)
+
+
+def _cache_teacher(args: argparse.Namespace) -> None:
+    import torch
+
+    from clover2.sharegpt import load_examples
+    from clover2.targets import load_target
+    from clover2.teacher import write_teacher_cache
+
+    if args.top_k < 1 or args.conversations < 1:
+        raise Clover2Error("cache-teacher: --top-k and --conversations must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = _training_data(args)
     target = load_target(args.target, device=args.device or _default_device())
-    out = train(target, Path(data), args.out, TrainConfig(**settings))
-    print(f"head ready: {out}")
+    examples = load_examples(target.tokenizer, data, args.conversations, args.max_length)
+    print(f"teacher cache ready: {write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size)}")
 
 
 def _options(pairs: list[str] | None) -> dict:
@@ -276,9 +299,22 @@ def _parser() -> argparse.ArgumentParser:
                        ("epochs", int), ("max-steps", int), ("minutes", float), ("lr", float),
                        ("warmup-steps", int), ("schedule", str), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):  # fmt: skip
         training.add_argument(f"--{name}", type=kind)
+    training.add_argument("--teacher-cache", help="train from a clover2 cache-teacher directory instead of running the target")
     training.add_argument("--threads", type=int)
     training.add_argument("--device")
     training.set_defaults(func=_train)
+
+    cache = verbs.add_parser("cache-teacher", help="store the target's u, h (fp16) and top-k logits for training (large!)")
+    cache.add_argument("--target", type=Path, required=True)
+    cache.add_argument("--data", type=Path, help="ShareGPT JSONL(.gz) or JSON array; default: the data mirror's file")
+    cache.add_argument("--out", type=Path, required=True)
+    cache.add_argument("--conversations", type=int, default=68000)
+    cache.add_argument("--max-length", type=int, default=2048)
+    cache.add_argument("--top-k", type=int, default=64, help="teacher logits kept per position")
+    cache.add_argument("--batch-size", type=int, default=4)
+    cache.add_argument("--threads", type=int)
+    cache.add_argument("--device")
+    cache.set_defaults(func=_cache_teacher)
 
     kernels = verbs.add_parser("kernels-bench", help="time the tree-attention kernel against SDPA and eager (GPU)")
     kernels.add_argument("--target", type=Path, help="also time the whole verification step on this target")

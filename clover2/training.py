@@ -23,9 +23,9 @@ from transformers import get_scheduler
 
 from clover2.atomic import atomic_write_text
 from clover2.draft_head import HeadLoss, head_class, save_head
-from clover2.sharegpt import Example, collate, load_examples
+from clover2.sharegpt import Example, load_examples
 from clover2.targets import Target
-from clover2.teacher import teacher_batch
+from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id
 
 LOG, STATE = "train_log.jsonl", "state.json"
 
@@ -58,6 +58,7 @@ class TrainConfig:
     eval_every: int = 200
     checkpoint_every: int = 200
     seed: int = 0
+    teacher_cache: str | None = None  # a directory from `clover2 cache-teacher`; None: the target runs online
 
     def resolved(self) -> TrainConfig:
         """This config with the method's defaults filled in where a value was left None."""
@@ -80,7 +81,7 @@ def _accuracy(results: list[HeadLoss]) -> dict:
     return {"top1": share(top1), "top5": share(top5), "positions": counted}
 
 
-def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
+def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> Path:
     """Train `config.method`'s head for `target` on ShareGPT conversations from `data`; return the head directory."""
     config = config.resolved()
     out, work = Path(out), Path(f"{out}.partial")
@@ -89,9 +90,10 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
     model = target.model.to(accelerator.device).requires_grad_(False).eval()
     # Trainable weights stay fp32 whatever the target's dtype; autocast handles mixed precision.
     head = head_class(config.method)(model, **config.options).float()
-    examples = load_examples(target.tokenizer, data, config.conversations + config.heldout, config.max_length)
+    teacher = CachedTeacher(Path(config.teacher_cache), target) if config.teacher_cache else OnlineTeacher(model, pad_id(target))
+    wanted = config.conversations + config.heldout
+    examples = teacher.examples[:wanted] if config.teacher_cache else load_examples(target.tokenizer, data, wanted, config.max_length)
     heldout, examples = examples[: config.heldout], examples[config.heldout :]
-    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else target.stop_token_ids[0]
     # batch_size is per process: each step takes one global batch and every process trains its share.
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = max(1, len(examples) // (config.batch_size * world))  # whole global batches only
@@ -103,8 +105,7 @@ def train(target: Target, data: Path, out: Path, config: TrainConfig) -> Path:
     step = _resume(accelerator, work)
 
     def batch_of(items: list[Example]):
-        ids, loss_mask, attention = (t.to(accelerator.device) for t in collate(items, pad))
-        return teacher_batch(model, ids, loss_mask, attention)
+        return teacher.batch(items, accelerator.device)
 
     def evaluate() -> dict:
         head.eval()

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import clover2.training as training
 from clover2.cli import main
 from clover2.decoding import DecodeConfig, generate
 from clover2.draft_head import load_head
 from clover2.errors import Clover2Error
 from clover2.sharegpt import encode, load_examples, read_conversations
 from clover2.targets import Target, load_target
+from clover2.teacher import CachedTeacher, OnlineTeacher, write_teacher_cache
 from clover2.training import TrainConfig, train
 
 
@@ -95,7 +95,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_target, tmp_path,
     data = _sharegpt(tmp_path / "train.jsonl.gz", CHATS)
     out = tmp_path / "head"
     calls = {"n": 0}
-    real_batch = training.teacher_batch
+    real_batch = OnlineTeacher.batch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -103,12 +103,12 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_target, tmp_path,
             raise KeyboardInterrupt
         return real_batch(*args, **kwargs)
 
-    monkeypatch.setattr(training, "teacher_batch", interrupted)
+    monkeypatch.setattr(OnlineTeacher, "batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_target, data, out, _config())
     assert not out.exists() and (tmp_path / "head.partial" / "checkpoint" / "state.json").exists()
 
-    monkeypatch.setattr(training, "teacher_batch", real_batch)
+    monkeypatch.setattr(OnlineTeacher, "batch", real_batch)
     train(tiny_target, data, out, _config())
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # step 4 of the interrupted run was redone once
@@ -132,3 +132,39 @@ def test_train_cli_rejects_an_unknown_setting(tmp_path, smollm2_dir, capsys):
     config.write_text("learning_rate: 0.1\n")
     code = main(["train", "--target", str(smollm2_dir), "--method", "clover2", "--config", str(config), "--out", str(tmp_path / "h")])
     assert code == 2 and "train.yaml: unknown training settings learning_rate" in capsys.readouterr().err
+
+
+def test_teacher_cache_stores_what_online_training_computes(tiny_target, tmp_path):
+    examples = load_examples(tiny_target.tokenizer, _sharegpt(tmp_path / "c.jsonl.gz", CHATS[:3]), count=3, max_length=64)
+    with pytest.warns(UserWarning, match="GiB on disk"):
+        cache = write_teacher_cache(tiny_target, examples, tmp_path / "cache", top_k=8, batch_size=2)
+    cached = CachedTeacher(cache, tiny_target)
+    assert [e.input_ids for e in cached.examples] == [e.input_ids for e in examples]
+    device = torch.device("cpu")
+    online, stored = OnlineTeacher(tiny_target.model, 0).batch(examples, device), cached.batch(cached.examples, device)
+    assert torch.equal(online.loss_mask, stored.loss_mask) and torch.equal(online.attention_mask, stored.attention_mask)
+    real = online.attention_mask
+    assert torch.allclose(online.h[real], stored.h[real], atol=1e-2)
+    # p kept as its top-8, renormalised: the teacher's top-1 and the ratios among the kept tokens survive.
+    assert torch.equal(online.teacher_logits[real].argmax(-1), stored.teacher_logits[real].argmax(-1))
+    top = online.teacher_logits[real].topk(8, dim=-1)
+    assert torch.allclose(top.values.softmax(-1), stored.teacher_logits[real].softmax(-1).gather(-1, top.indices), atol=1e-2)
+
+
+def test_training_from_a_teacher_cache_makes_a_head(tiny_target, tmp_path):
+    examples = load_examples(tiny_target.tokenizer, _sharegpt(tmp_path / "c.jsonl.gz", CHATS), count=8, max_length=64)
+    with pytest.warns(UserWarning):
+        cache = write_teacher_cache(tiny_target, examples, tmp_path / "cache", top_k=16, batch_size=4)
+    out = train(tiny_target, None, tmp_path / "head", _config(max_steps=2, teacher_cache=str(cache)))
+    assert (out / "head.safetensors").is_file()
+    assert json.loads((out / "training.json").read_text())["config"]["teacher_cache"] == str(cache)
+
+
+def test_teacher_cache_of_another_target_is_an_error(tiny_target, tmp_path):
+    examples = load_examples(tiny_target.tokenizer, _sharegpt(tmp_path / "c.jsonl.gz", CHATS[:2]), count=2, max_length=64)
+    with pytest.warns(UserWarning):
+        cache = write_teacher_cache(tiny_target, examples, tmp_path / "cache", top_k=4, batch_size=2)
+    bigger = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_target.tokenizer), hidden_size=64, intermediate_size=64,
+                                          num_hidden_layers=1, num_attention_heads=4))  # fmt: skip
+    with pytest.raises(Clover2Error, match="teacher.json: hidden_size is 32"):
+        CachedTeacher(cache, Target(bigger, tiny_target.tokenizer, [0], None, {}))
