@@ -4,6 +4,8 @@
         --methods vanilla hf-generate --tasks mt_bench translation summarization qa math_reasoning rag \
         --per-task 2 --max-new-tokens 128 --threads 2 --rounds 2
 
+Trained heads: `--methods vanilla clover2=results/heads/clover2 eagle2=results/heads/eagle`.
+
 For every question (first turn) and round, every method decodes it once, in an order that rotates
 from round to round. Reported per method: median tokens/s, tau, the share of time in prefill /
 draft / verify / bookkeeping, tau per task, and the median per-question speed ratio against the
@@ -16,12 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 from clover2.chat import prompt_ids
 from clover2.decoding import PHASES, DecodeConfig
-from clover2.methods import METHODS
+from clover2.methods import method_factory
 from clover2.targets import load_target
 from clover2.tasks import load_questions
 
@@ -29,7 +32,7 @@ from clover2.tasks import load_questions
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True)
-    parser.add_argument("--methods", nargs="+", required=True, choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", required=True, help="METHOD, or METHOD=HEAD_DIR for a trained head")
     parser.add_argument("--tasks", nargs="+", default=["mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"])
     parser.add_argument("--per-task", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -39,7 +42,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     target = load_target(args.target)
-    decoders = {name: METHODS[name](target.model) for name in args.methods}
+    decoders = {}
+    for entry in args.methods:
+        name, _, head = entry.partition("=")
+        decoders[name] = method_factory(name, Path(head) if head else None)(target.model)
     questions = [q for task in args.tasks for q in load_questions(task, limit=args.per_task)]
     prompts = [(q.task, prompt_ids(target.tokenizer, q.turns[:1], [])) for q in questions]
     config = DecodeConfig(max_new_tokens=args.max_new_tokens)
