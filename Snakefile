@@ -42,3 +42,4 @@ rule all:
     input:
         "results/tables.tex",
         "results/tables.md",
+        "paper/main.tex",

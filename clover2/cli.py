@@ -220,8 +220,15 @@ def _kernels_bench(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from clover2.report import build_tables, write_tables
 
-    tables = build_tables(args.bench, args.lossless, args.heads, args.baseline)
-    write_tables(tables, args.out, args.markdown, args.tables_dir)
+    from clover2.report import write_paper
+
+    published = args.published if args.published and args.published.is_file() else None
+    if args.published and published is None:
+        print(f"clover2 report: {args.published} not found; no published-vs-reproduced table", file=sys.stderr)
+    tables, stats = build_tables(args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name)
+    write_tables(tables, args.out, args.markdown)
+    if args.paper:
+        write_paper(tables, stats, args.paper, args.target_name or "this run")
     print(f"{len(tables)} tables -> {args.out}")
 
 
@@ -334,7 +341,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", default="vanilla", help="the method speedups are relative to")
     report.add_argument("--out", type=Path, required=True, help="all tables, booktabs LaTeX")
     report.add_argument("--markdown", type=Path, help="all tables, Markdown")
-    report.add_argument("--tables-dir", type=Path, help="also one NAME.tex per table here")
+    report.add_argument("--questions", type=Path, nargs="*", default=[], help="question files (references for quality scores)")
+    report.add_argument("--published", type=Path, help="the paper's numbers (CSV), for the published-vs-reproduced table")
+    report.add_argument("--target-name", default="", help="this run's target, as named in the published CSV")
+    report.add_argument("--paper", type=Path, help="also write DIR/tables/*.tex, DIR/figures/* and DIR/main.tex")
     report.set_defaults(func=_report)
 
     select = verbs.add_parser("questions", help="write a task's selected questions to a file (the workflow's data stage)")

@@ -59,6 +59,7 @@ def _question_row(record: dict, source: str) -> dict:
         # Per speculative step (the prefill drafts nothing): tokens kept and first rejected depth.
         "step_lengths": [n for t in turns for n in t["accept_lengths"][1:]],
         "failed_depths": [d for t in turns for d in t["failed_depths"]],
+        "answers": [t.get("text", "") for t in turns],
     }
 
 
@@ -76,7 +77,7 @@ def paired(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Each method's question rows beside the baseline's rows for the same question in the same file."""
     base = frame[frame["method"] == baseline]
     others = frame[frame["method"] != baseline]
-    on = ["source", "question_id"]
+    on = ["source", "task", "temperature", "repeat", "question_id"]
     merged = others.merge(base[[*on, "new_tokens", "wall_seconds"]], on=on, suffixes=("", "_base"))
     if len(merged) != len(others):
         raise Clover2Error(f"some bench rows have no {baseline} run of the same question in the same file")

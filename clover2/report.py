@@ -17,6 +17,8 @@ from safetensors import safe_open
 from clover2.atomic import atomic_write_text
 from clover2.errors import Clover2Error
 from clover2.metrics import read_bench, summary
+from clover2.quality import gsm8k_correct, humaneval_passed
+from clover2.tasks import read_questions
 
 TITLES = {
     "speed": "Tokens/s and speedup over plain decoding (ratio of means; 95 % bootstrap CI over questions)",
@@ -25,6 +27,8 @@ TITLES = {
     "time_split": "Share of wall time per phase",
     "lossless": "Losslessness against plain decoding",
     "training": "Training cost of each head",
+    "quality": "Answer quality at T = 0 (GSM8K exact match, HumanEval pass@1; sandboxed execution)",
+    "published": "Published (Clover-2 paper) and reproduced numbers",
 }
 
 
@@ -105,6 +109,55 @@ def _parameter_count(path: Path) -> int:
         return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
 
 
+def quality_table(frame: pd.DataFrame, questions: Sequence[Path]) -> pd.DataFrame | None:
+    """GSM8K accuracy and HumanEval pass@1 per method, from the T = 0 answers of the first repeat."""
+    references = {(q.task, q.question_id): q.reference for path in questions for q in read_questions(path)}
+    greedy = frame[(frame["temperature"] == 0) & (frame["repeat"] == 0)].drop_duplicates(["method", "task", "question_id"])
+    rows = []
+    for (method, task), group in greedy.groupby(["method", "task"]):
+        scorer = SCORERS.get(QUALITY_TASKS.get(task, ""))
+        if scorer is None:
+            continue
+        scores = [scorer(answers[0], references[task, qid]) for answers, qid in zip(group["answers"], group["question_id"])]
+        rows.append({"method": method, "column": f"{QUALITY_TASKS[task]} ({task})", "score": f"{sum(scores)}/{len(scores)}"})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).pivot_table(index="method", columns="column", values="score", aggfunc="first")
+    table.columns.name = None
+    return table
+
+
+QUALITY_TASKS = {"gsm8k": "GSM8K accuracy", "gsm8k_full": "GSM8K accuracy", "math_reasoning": "GSM8K accuracy",
+                 "humaneval": "HumanEval pass@1", "humaneval_full": "HumanEval pass@1"}  # fmt: skip
+SCORERS = {
+    "GSM8K accuracy": lambda answer, reference: gsm8k_correct(answer, _solution(reference)),
+    "HumanEval pass@1": lambda answer, reference: humaneval_passed(answer, reference).passed,
+}
+
+
+def _solution(reference) -> str:
+    """GSM8K references are the solution text; Spec-Bench's math_reasoning keeps it as a one-item list."""
+    return reference[0] if isinstance(reference, list | tuple) else reference
+
+
+def published_table(stats: pd.DataFrame, published: Path, target: str) -> pd.DataFrame:
+    """The paper's cells beside ours: cell by cell with the difference for the paper's own targets,
+    otherwise the paper's numbers (per published target) next to ours, each column naming its target."""
+    paper = pd.read_csv(published).astype({"temperature": float})
+    ours = stats[stats["method"].isin(paper["method"]) & stats["task"].isin(paper["task"])].set_index(["temperature", "method", "task"])
+    keys = ["temperature", "method", "task"]
+    metrics = ["tokens_per_s", "speedup", "extra_tokens_per_step"]
+    if target in set(paper["target"]):
+        mine = paper[paper["target"] == target].set_index(keys)[metrics]
+        table = mine.join(ours[metrics].add_suffix(" (ours)"), how="left")
+        for metric in metrics:
+            table[f"{metric} diff"] = table[f"{metric} (ours)"] - table[metric]
+        return table.round(2)
+    columns = {f"{metric} [{name}, paper]": group.set_index(keys)[metric] for name, group in paper.groupby("target") for metric in metrics}
+    columns |= {f"{metric} [{target}, ours]": ours[metric] for metric in metrics if metric in ours}
+    return pd.DataFrame(columns).round(2)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -112,27 +165,73 @@ def _read_json(path: Path) -> dict:
         raise Clover2Error(f"{path}: cannot read ({error})") from None
 
 
-def build_tables(bench: Sequence[Path], lossless: Sequence[Path] = (), heads: Sequence[Path] = (), baseline: str = "vanilla") -> dict[str, pd.DataFrame]:
-    stats = summary(read_bench(bench), baseline)
+def build_tables(
+    bench: Sequence[Path],
+    lossless: Sequence[Path] = (),
+    heads: Sequence[Path] = (),
+    baseline: str = "vanilla",
+    questions: Sequence[Path] = (),
+    published: Path | None = None,
+    target: str = "",
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
+    frame = read_bench(bench)
+    stats = summary(frame, baseline)
     tables = {"speed": speed_table(stats), "tau": tau_table(stats), "depth": depth_table(stats), "time_split": time_split_table(stats)}
     if lossless:
         tables["lossless"] = lossless_table(lossless)
     if heads:
         tables["training"] = training_table(heads)
-    return tables
+    quality = quality_table(frame, questions) if questions else None
+    if quality is not None:
+        tables["quality"] = quality
+    if published is not None:
+        tables["published"] = published_table(stats, published, target)
+    return tables, stats
+
+
+def _latex_text(text: str) -> str:
+    return text.replace("%", r"\%").replace("τ", r"$\tau$").replace("−", "$-$")
 
 
 def to_latex(name: str, table: pd.DataFrame) -> str:
-    body = table.style.format(escape="latex").format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    latex = body.to_latex(hrules=True, caption=TITLES[name].replace("%", r"\%"), label=f"tab:{name}", position="htbp")
+    body = table.style.format(escape="latex", precision=2).format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    latex = body.to_latex(hrules=True, caption=_latex_text(TITLES[name]), label=f"tab:{name}", position="htbp")
+    latex = latex.replace(r"\begin{tabular}", r"\resizebox{\linewidth}{!}{\begin{tabular}").replace(r"\end{tabular}", r"\end{tabular}}")
     return f"% {name}: regenerated by clover2 report from raw run records; do not edit\n{latex}"
 
 
-def write_tables(tables: dict[str, pd.DataFrame], latex: Path, markdown: Path | None = None, per_table: Path | None = None) -> None:
-    """All tables into `latex` (and `markdown`); with `per_table`, also one NAME.tex each there."""
+def write_tables(tables: dict[str, pd.DataFrame], latex: Path, markdown: Path | None = None) -> None:
+    """All tables into `latex` (booktabs) and `markdown`."""
     atomic_write_text(latex, "\n".join(to_latex(name, table) for name, table in tables.items()))
     if markdown:
-        atomic_write_text(markdown, "\n\n".join(f"### {TITLES[name]}\n\n{table.to_markdown()}" for name, table in tables.items()) + "\n")
-    if per_table:
-        for name, table in tables.items():
-            atomic_write_text(Path(per_table) / f"{name}.tex", to_latex(name, table))
+        text = "\n\n".join(f"### {TITLES[name]}\n\n{table.reset_index().to_markdown(index=False, floatfmt='.2f')}" for name, table in tables.items())
+        atomic_write_text(markdown, text + "\n")
+
+
+PAPER_PREAMBLE = r"""\documentclass{article}
+\usepackage[margin=2cm]{geometry}
+\usepackage{booktabs,multirow,graphicx}
+\title{clover2-bench: the Clover-2 paper's tables and figures, regenerated}
+\date{}
+\begin{document}
+\maketitle
+Every table and figure below is regenerated by \texttt{clover2 report} from the raw run records of
+\texttt{%s}; nothing here is typed by hand.
+"""
+
+
+def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory: Path, source: str) -> Path:
+    """paper/: tables/NAME.tex, figures/NAME.{pdf,png} and a main.tex that includes them all."""
+    from clover2.figures import write_figures
+
+    directory = Path(directory)
+    for name, table in tables.items():
+        atomic_write_text(directory / "tables" / f"{name}.tex", to_latex(name, table))
+    figures = write_figures(stats, directory / "figures")
+    body = [PAPER_PREAMBLE % source.replace("_", r"\_")]
+    body += [f"\\input{{tables/{name}}}\n" for name in tables]
+    body += [f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{f.name}}}"
+             f"\\caption{{{f.stem.replace('_', ' ')}}}\\end{{figure}}\n" for f in figures]  # fmt: skip
+    body.append("\\end{document}\n")
+    return atomic_write_text(directory / "main.tex", "\n".join(body))

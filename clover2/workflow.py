@@ -84,5 +84,11 @@ def lossless_files(config: dict) -> list[str]:
     ]
 
 
+def question_files(config: dict) -> list[str]:
+    bench, lossless = config["bench"], config["lossless"]
+    files = [f"results/questions/{task}.{bench['questions']}.jsonl" for task in bench["tasks"]]
+    return sorted(set(files + [f"results/questions/{task}.{lossless['questions']}.jsonl" for task in lossless["tasks"]]))
+
+
 def head_dirs(config: dict) -> list[str]:
     return [f"results/{config['target']['name']}/heads/{head}" for head in config["heads"]]

@@ -1,4 +1,6 @@
-# Tables from the raw records: results/tables.tex (booktabs) and results/tables.md.
+# Tables and figures from the raw records: results/tables.tex (booktabs), results/tables.md, and
+# paper/ (tables/*.tex, figures/*.pdf|png, main.tex). The published numbers are optional input:
+# without the file the published-vs-reproduced table is left out, with a note in the log.
 
 
 rule report:
@@ -6,13 +8,18 @@ rule report:
         bench=wf.bench_files(config),
         lossless=wf.lossless_files(config),
         heads=wf.head_dirs(config),
+        questions=wf.question_files(config),
     output:
         latex="results/tables.tex",
         markdown="results/tables.md",
+        paper="paper/main.tex",
     params:
         baseline=config["baseline"],
+        published=f"--published {config['published']}" if config.get("published") else "",
+        target=config["target"]["name"],
     log:
         "results/logs/report.log",
     shell:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
-        "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} > {log} 2>&1"
+        "--questions {input.questions} {params.published} --target-name {params.target} "
+        "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"

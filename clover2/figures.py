@@ -1,0 +1,89 @@
+"""The paper's figures, regenerated from the per-(method, task, temperature) summary (seaborn; PDF and PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on the machines that run the workflow
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from clover2.atomic import atomic_write_bytes  # noqa: E402
+
+
+def extra_tokens_figure(stats: pd.DataFrame):
+    """The Clover-2 paper's bar chart: extra tokens per step (τ − 1) per task and method, T = 0."""
+    data = stats[(stats["temperature"] == 0) & (stats["extra_tokens_per_step"] > 0)]
+    axes = sns.barplot(data=data, x="task", y="extra_tokens_per_step", hue="method")
+    axes.set(xlabel="", ylabel="extra tokens per step (τ − 1)", title="Extra tokens per step, T = 0")
+    return axes.figure
+
+
+def speedup_figure(stats: pd.DataFrame):
+    """Speedup over plain decoding per task, with the 95 % bootstrap interval over questions."""
+    data = stats.dropna(subset=["speedup"])
+    temperatures, tasks, methods = (sorted(data[c].unique()) for c in ("temperature", "task", "method"))
+    figure, panels = plt.subplots(1, len(temperatures), sharey=True, squeeze=False)
+    width = 0.8 / len(methods)
+    for axes, temperature in zip(panels[0], temperatures):
+        for index, method in enumerate(methods):
+            part = data[(data["temperature"] == temperature) & (data["method"] == method)].set_index("task").reindex(tasks)
+            x = np.arange(len(tasks)) + (index - (len(methods) - 1) / 2) * width
+            spread = [(part["speedup"] - part["speedup_ci_low"]).fillna(0), (part["speedup_ci_high"] - part["speedup"]).fillna(0)]
+            axes.errorbar(x, part["speedup"], yerr=spread, fmt="o", capsize=2, label=method)
+        axes.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+        axes.set_xticks(range(len(tasks)), tasks, rotation=30)
+        axes.set_title(f"T = {temperature:g}")
+    panels[0][0].set_ylabel("speedup over plain decoding")
+    panels[0][-1].legend(fontsize="small")
+    return figure
+
+
+def depth_figure(stats: pd.DataFrame):
+    """Per-depth acceptance: of the steps whose path reached depth k, the share accepted there (T = 0)."""
+    rows = [{"method": r["method"], "task": r["task"], "depth": k + 1, "acceptance": v}
+            for _, r in stats[stats["temperature"] == 0].iterrows() for k, v in enumerate(r["depth_acceptance"])]  # fmt: skip
+    axes = sns.lineplot(data=pd.DataFrame(rows), x="depth", y="acceptance", hue="method", marker="o")
+    axes.set(ylim=(0, 1), title="Per-depth acceptance, T = 0 (mean over tasks)")
+    return axes.figure
+
+
+def time_split_figure(stats: pd.DataFrame):
+    """Where the wall time goes, per method (T = 0, mean over tasks)."""
+    shares = [c for c in stats.columns if c.endswith("_share")]
+    table = stats[stats["temperature"] == 0].groupby("method")[shares].mean().rename(columns=lambda c: c.removesuffix("_share"))
+    axes = table.plot.barh(stacked=True)
+    axes.set(xlabel="share of wall time", ylabel="", title="Time per phase, T = 0")
+    return axes.figure
+
+
+FIGURES = {
+    "extra_tokens_per_step": extra_tokens_figure,
+    "speedup": speedup_figure,
+    "depth_acceptance": depth_figure,
+    "time_split": time_split_figure,
+}
+
+
+def write_figures(stats: pd.DataFrame, directory: Path) -> list[Path]:
+    """Every figure as NAME.pdf and NAME.png in `directory`; returns the PDF paths."""
+    written = []
+    sns.set_theme(style="whitegrid", context="paper")
+    for name, draw in FIGURES.items():
+        figure = draw(stats)
+        figure.set_size_inches(8, 4)
+        figure.tight_layout()
+        for suffix in ("pdf", "png"):
+            tmp = Path(directory) / f".{name}.{suffix}.tmp"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(tmp, format=suffix, dpi=150)
+            atomic_write_bytes(Path(directory) / f"{name}.{suffix}", tmp.read_bytes())
+            tmp.unlink()
+        plt.close(figure)
+        written.append(Path(directory) / f"{name}.pdf")
+    return written

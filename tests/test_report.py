@@ -1,0 +1,85 @@
+"""Tables and the paper directory from raw records: published vs reproduced, quality, LaTeX that TeX can read."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clover2.report import build_tables, published_table, write_paper, write_tables
+from clover2.tasks import load_questions, write_questions
+from test_metrics import _file, _row, _turn
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clover2_published.csv"
+
+
+@pytest.fixture
+def records(tmp_path):
+    files = []
+    for method, lengths, failed in (("clover2", [1, 3, 4, 2], [3, None, 2]), ("eagle", [1, 2, 2, 2, 2, 1], [2, 2, 2, 2, 1])):
+        rows = []  # one file per method, each with its own interleaved baseline, as the workflow writes them
+        for q, task in enumerate(["mt_bench", "mt_bench", "qa", "qa"]):
+            rows.append(_row("vanilla", str(q), [_turn(10, 1.0 + q / 10)], task=task))
+            rows.append(_row(method, str(q), [_turn(10, 0.5 + q / 20, lengths, failed)], task=task))
+        files.append(_file(tmp_path / f"{method}.jsonl", rows))
+    return files
+
+
+def test_every_table_renders_as_booktabs_and_markdown(records, tmp_path):
+    tables, stats = build_tables(records)
+    assert set(tables) == {"speed", "tau", "depth", "time_split"}
+    assert set(stats["method"]) == {"vanilla", "clover2", "eagle"}
+    write_tables(tables, tmp_path / "t.tex", tmp_path / "t.md")
+    latex = (tmp_path / "t.tex").read_text()
+    assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 4
+    assert r"mt\_bench" in latex and "mt_bench" not in latex.replace(r"mt\_bench", "")  # underscores escaped
+    assert "τ" not in latex and r"$\tau$" in latex
+    assert "| clover2" in (tmp_path / "t.md").read_text()
+
+
+@pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
+def test_published_numbers_sit_beside_ours_naming_both_targets(records):
+    _, stats = build_tables(records)
+    table = published_table(stats, PUBLISHED, "smollm2-135m-instruct")
+    assert "speedup [vicuna-7b-v1.5, paper]" in table.columns and "speedup [smollm2-135m-instruct, ours]" in table.columns
+    assert table.loc[(0.0, "clover2", "mt_bench"), "speedup [vicuna-7b-v1.5, paper]"] == 3.0
+
+
+@pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
+def test_for_a_paper_target_cells_are_compared_one_by_one(records):
+    _, stats = build_tables(records)
+    table = published_table(stats, PUBLISHED, "vicuna-7b-v1.5")
+    row = table.loc[(0.0, "clover2", "mt_bench")]
+    assert row["speedup diff"] == pytest.approx(round(row["speedup (ours)"] - 3.0, 2), abs=0.011)
+    assert pd.isna(table.loc[(0.0, "clover2", "rag"), "speedup (ours)"])  # not run here: shown as missing
+
+
+def test_quality_is_scored_from_the_answers_with_the_question_files(tmp_path):
+    gsm8k = load_questions("gsm8k", limit=2)
+    humaneval = load_questions("humaneval", limit=1)
+    questions = tmp_path / "gsm8k.jsonl", tmp_path / "humaneval.jsonl"
+    write_questions(questions[0], gsm8k)
+    write_questions(questions[1], humaneval)
+    right = gsm8k[0].reference.rsplit("####", 1)[1].strip()
+    solution = humaneval[0].reference["canonical_solution"]
+    rows = [_row(m, gsm8k[0].question_id, [_turn(2, 1.0, text=f"The answer is {right}.")], task="gsm8k") for m in ("vanilla", "x")]
+    rows += [_row(m, gsm8k[1].question_id, [_turn(2, 1.0, text="The answer is 0.5.")], task="gsm8k") for m in ("vanilla", "x")]
+    rows += [_row("vanilla", humaneval[0].question_id, [_turn(2, 1.0, text=solution)], task="humaneval"),
+             _row("x", humaneval[0].question_id, [_turn(2, 1.0, text="    return None\n")], task="humaneval")]  # fmt: skip
+    tables, _ = build_tables([_file(tmp_path / "b.jsonl", rows)], questions=questions)
+    quality = tables["quality"]
+    assert quality.loc["vanilla", "GSM8K accuracy (gsm8k)"] == "1/2" and quality.loc["x", "GSM8K accuracy (gsm8k)"] == "1/2"
+    assert quality.loc["vanilla", "HumanEval pass@1 (humaneval)"] == "1/1" and quality.loc["x", "HumanEval pass@1 (humaneval)"] == "0/1"
+
+
+def test_paper_directory_holds_tables_figures_and_a_main_file_including_them(records, tmp_path):
+    tables, stats = build_tables(records)
+    main = write_paper(tables, stats, tmp_path / "paper", "unit_test")
+    text = main.read_text()
+    for name in tables:
+        assert (tmp_path / "paper" / "tables" / f"{name}.tex").is_file() and f"\\input{{tables/{name}}}" in text
+    figures = sorted((tmp_path / "paper" / "figures").glob("*.pdf"))
+    assert len(figures) == 4 and all(f.with_suffix(".png").stat().st_size > 1000 for f in figures)
+    assert all(f"figures/{f.name}" in text for f in figures)
+    assert text.count("\\begin{figure}") == text.count("\\end{figure}") == 4 and text.rstrip().endswith("\\end{document}")
+    assert json.dumps(text)  # plain text, nothing binary
