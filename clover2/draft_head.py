@@ -60,7 +60,7 @@ class DraftHead(nn.Module):
 
     @classmethod
     def options_from(cls, method: str, options: dict) -> dict:
-        """The options of a `method` head's head.json that this head keeps when it loads those weights."""
+        """The options of another method's head.json that this head keeps when it loads those weights."""
         return options
 
     def __init__(self, target: PreTrainedModel, **options) -> None:
@@ -172,7 +172,8 @@ def load_head(directory: Path, target: PreTrainedModel, method: str | None = Non
         if config.get(key) != actual:
             raise Clover2Error(f"{config_path}: {key} is {config.get(key)}, but the target's is {actual}: a head for another target")
     try:
-        head = head_class(method)(target, **head_class(method).options_from(trained, options))
+        own = options if method == trained else head_class(method).options_from(trained, options)
+        head = head_class(method)(target, **own)
     except TypeError as error:
         raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
     try:

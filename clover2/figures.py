@@ -48,7 +48,7 @@ def depth_figure(stats: pd.DataFrame):
     """Per-depth acceptance: of the steps whose path reached depth k, the share accepted there (T = 0)."""
     rows = [{"method": r["method"], "task": r["task"], "depth": k + 1, "acceptance": v}
             for _, r in stats[stats["temperature"] == 0].iterrows() for k, v in enumerate(r["depth_acceptance"])]  # fmt: skip
-    axes = sns.lineplot(data=pd.DataFrame(rows), x="depth", y="acceptance", hue="method", marker="o")
+    axes = sns.lineplot(data=pd.DataFrame(rows, columns=["method", "task", "depth", "acceptance"]), x="depth", y="acceptance", hue="method", marker="o")
     axes.set(ylim=(0, 1), title="Per-depth acceptance, T = 0 (mean over tasks)")
     return axes.figure
 
