@@ -63,25 +63,24 @@ def head_of(config: dict, method: str) -> str | None:
     return (config["methods"][method] or {}).get("head")
 
 
-def bench_files(config: dict) -> list[str]:
-    root, bench = f"results/{config['target']['name']}", config["bench"]
+def _runs(config: dict, section: str, leaves: list[str]) -> list[str]:
+    """results/<target>/<section>/<method>/<task>/T<temperature>/<leaf> for every combination the config asks for."""
+    root, settings = f"results/{config['target']['name']}/{section}", config[section]
     return [
-        f"{root}/bench/{method}/{task}/T{temperature_label(t)}/r{repeat}.jsonl"
+        f"{root}/{method}/{task}/T{temperature_label(t)}{leaf}"
         for method in config["methods"]
-        for task in bench["tasks"]
-        for t in bench["temperatures"]
-        for repeat in range(bench["repeats"])
+        for task in settings["tasks"]
+        for t in settings["temperatures"]
+        for leaf in leaves
     ]
+
+
+def bench_files(config: dict) -> list[str]:
+    return _runs(config, "bench", [f"/r{repeat}.jsonl" for repeat in range(config["bench"]["repeats"])])
 
 
 def lossless_files(config: dict) -> list[str]:
-    root, lossless = f"results/{config['target']['name']}", config["lossless"]
-    return [
-        f"{root}/lossless/{method}/{task}/T{temperature_label(t)}.json"
-        for method in config["methods"]
-        for task in lossless["tasks"]
-        for t in lossless["temperatures"]
-    ]
+    return _runs(config, "lossless", [".json"])
 
 
 def question_files(config: dict) -> list[str]:
