@@ -29,6 +29,8 @@ wildcard_constraints:
     temperature="[0-9.]+",
     repeat="[0-9]+",
     n="[0-9]+",
+    option="[A-Za-z0-9_]+",
+    value="[A-Za-z0-9_.]+",
 
 
 include: "workflow/rules/data.smk"

@@ -114,6 +114,7 @@ class Eagle2Head(EagleHead):
 
     method = "eagle2"
     defaults: ClassVar[dict] = TRAINING_DEFAULTS | {"depth": 5, "top_k": 10, "total_tokens": 60}
+    drafting_options: ClassVar[frozenset[str]] = frozenset({"depth", "top_k", "total_tokens"})
 
     def drafter(self) -> FeatureDrafter:
         return Eagle2Drafter(self)

@@ -16,7 +16,7 @@ from clover2.methods import DecodeTurn
 from clover2.tasks import Question
 from clover2.targets import Target
 
-WARMUP_TOKENS = 32  # warm-up only has to run every code path once, not produce a full answer
+WARMUP_TOKENS = 8  # warm-up only has to run every code path once (several draft-verify steps), not answer
 
 
 def answer_text(target: Target, record: TurnRecord) -> str:

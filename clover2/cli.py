@@ -52,7 +52,7 @@ def _setup(args: argparse.Namespace):
         raise Clover2Error(f"--limit must be >= 0, got {args.limit}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    make_method = method_factory(args.method, args.head)
+    make_method = method_factory(args.method, args.head, _options(args.draft_option, "--draft-option"))
     config = _decode_config(args)
     if args.questions:
         questions = read_questions(args.questions)[: args.limit]
@@ -175,7 +175,7 @@ def _cache_teacher(args: argparse.Namespace) -> None:
     print(f"teacher cache ready: {write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size)}")
 
 
-def _options(pairs: list[str] | None) -> dict:
+def _options(pairs: list[str] | None, flag: str = "--option") -> dict:
     """KEY=VALUE head options; values parse as YAML scalars (numbers, booleans, strings)."""
     import yaml
 
@@ -183,7 +183,7 @@ def _options(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise Clover2Error(f"--option expects KEY=VALUE, got {pair!r}")
+            raise Clover2Error(f"{flag} expects KEY=VALUE, got {pair!r}")
         options[key] = yaml.safe_load(value)
     return options
 
@@ -225,11 +225,21 @@ def _report(args: argparse.Namespace) -> None:
     published = args.published if args.published and args.published.is_file() else None
     if args.published and published is None:
         print(f"clover2 report: {args.published} not found; no published-vs-reproduced table", file=sys.stderr)
-    tables, stats = build_tables(args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name)
+    tables, stats = build_tables(
+        args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name, args.sweep
+    )
     write_tables(tables, args.out, args.markdown)
     if args.paper:
         write_paper(tables, stats, args.paper, args.target_name or "this run")
     print(f"{len(tables)} tables -> {args.out}")
+
+
+def _stage_times(args: argparse.Namespace) -> None:
+    from clover2.workflow import stage_times
+
+    table = stage_times(args.roots)
+    print(table.to_markdown(floatfmt=".0f"))
+    print(f"\nall stages: {table['job_seconds'].sum():.0f} job-seconds")
 
 
 def _questions(args: argparse.Namespace) -> None:
@@ -253,6 +263,8 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
     parser.add_argument("--method", required=True)
     parser.add_argument("--head", type=Path, help="the trained head directory, for methods that draft with one")
+    parser.add_argument("--draft-option", action="append", metavar="KEY=VALUE",
+                        help="change a trained head's drafting option for this run, e.g. total_tokens=30 (repeatable)")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a registered task (clover2 tasks lists them)")
     source.add_argument("--questions", type=Path, help="a question file written by clover2 questions")
@@ -334,6 +346,10 @@ def _parser() -> argparse.ArgumentParser:
     kernels.add_argument("--out", type=Path, help="write the rows and provenance (JSON) here")
     kernels.set_defaults(func=_kernels_bench)
 
+    times = verbs.add_parser("stage-times", help="wall time per workflow stage, from Snakemake's benchmark files")
+    times.add_argument("roots", type=Path, nargs="+", help="directories holding …/benchmarks/<stage>/… (e.g. results)")
+    times.set_defaults(func=_stage_times)
+
     report = verbs.add_parser("report", help="regenerate the tables from raw bench records, losslessness reports and heads")
     report.add_argument("--bench", type=Path, nargs="+", required=True, help="bench JSONL files")
     report.add_argument("--lossless", type=Path, nargs="*", default=[], help="check-lossless reports (JSON)")
@@ -344,6 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--questions", type=Path, nargs="*", default=[], help="question files (references for quality scores)")
     report.add_argument("--published", type=Path, help="the paper's numbers (CSV), for the published-vs-reproduced table")
     report.add_argument("--target-name", default="", help="this run's target, as named in the published CSV")
+    report.add_argument("--sweep", type=Path, nargs="*", default=[], help="bench files of a tree-size sweep (--draft-option runs)")
     report.add_argument("--paper", type=Path, help="also write DIR/tables/*.tex, DIR/figures/* and DIR/main.tex")
     report.set_defaults(func=_report)
 

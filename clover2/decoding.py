@@ -48,6 +48,7 @@ class TurnRecord:
     tokens: list[int] = field(default_factory=list)  # new tokens, the stop token included when hit
     accept_lengths: list[int] = field(default_factory=list)  # tokens kept per step; one entry per step
     failed_depths: list[int | None] = field(default_factory=list)  # per speculative step: first rejected depth
+    tree_sizes: list[int] = field(default_factory=list)  # per speculative step: drafted nodes, the root excluded
     stop_reason: str = ""  # "stop_token" | "max_new_tokens" | "max_length"
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
@@ -223,6 +224,7 @@ def generate(
                 kept = tree.tokens[result.path]
                 drafter.accept(kept, tap.take(result.path))
                 record.failed_depths.append(result.failed_depth)
+                record.tree_sizes.append(len(tree.tokens) - 1)
                 finished = _take_tokens(record, [*kept[1:].tolist(), result.bonus], stops, budget)
                 root = result.bonus
     finally:

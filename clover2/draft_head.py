@@ -57,6 +57,8 @@ class DraftHead(nn.Module):
     method: ClassVar[str]
     # Other methods whose trained weights this head drafts with as they are (EAGLE-2 uses EAGLE's).
     shares_weights_with: ClassVar[frozenset[str]] = frozenset()
+    # Options that only shape the tree drafted, so a trained head can decode with other values (a sweep).
+    drafting_options: ClassVar[frozenset[str]] = frozenset({"tree"})
 
     @classmethod
     def options_from(cls, method: str, options: dict) -> dict:
@@ -153,10 +155,13 @@ def save_head(head: DraftHead, directory: Path, target_identity: dict, extra_fil
     return Path(directory)
 
 
-def load_head(directory: Path, target: PreTrainedModel, method: str | None = None) -> DraftHead:
+def load_head(
+    directory: Path, target: PreTrainedModel, method: str | None = None, drafting: dict | None = None
+) -> DraftHead:
     """Rebuild a head for `target` and load its trained weights; mismatches are errors naming the file.
 
-    `method` (default: the one that trained it) may name another method that shares its weights.
+    `method` (default: the one that trained it) may name another method that shares its weights;
+    `drafting` overrides the head's drafting options (its tree) for this decoding only.
     """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG, directory / WEIGHTS
@@ -171,9 +176,14 @@ def load_head(directory: Path, target: PreTrainedModel, method: str | None = Non
     for key, actual in (("hidden_size", target.config.hidden_size), ("vocab_size", target.config.vocab_size)):
         if config.get(key) != actual:
             raise Clover2Error(f"{config_path}: {key} is {config.get(key)}, but the target's is {actual}: a head for another target")
+    drafting = drafting or {}
+    unknown = sorted(set(drafting) - head_class(method).drafting_options)
+    if unknown:
+        allowed = ", ".join(sorted(head_class(method).drafting_options))
+        raise Clover2Error(f"drafting option {unknown[0]!r}: not one a {method} head can change at decoding time ({allowed})")
     try:
         own = options if method == trained else head_class(method).options_from(trained, options)
-        head = head_class(method)(target, **own)
+        head = head_class(method)(target, **(own | drafting))
     except TypeError as error:
         raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
     try:

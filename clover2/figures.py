@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -62,6 +63,13 @@ def time_split_figure(stats: pd.DataFrame):
     return axes.figure
 
 
+def tree_size_figure(curve: pd.DataFrame):
+    """τ against tree size, one line per method, from the tree-size sweep."""
+    axes = sns.lineplot(data=curve.reset_index(), x="tree_size", y="tau", hue="method", marker="o")
+    axes.set(xlabel="drafted nodes per step (tree size)", ylabel="τ", title="τ against tree size, T = 0")
+    return axes.figure
+
+
 FIGURES = {
     "extra_tokens_per_step": extra_tokens_figure,
     "speedup": speedup_figure,
@@ -70,12 +78,15 @@ FIGURES = {
 }
 
 
-def write_figures(stats: pd.DataFrame, directory: Path) -> list[Path]:
-    """Every figure as NAME.pdf and NAME.png in `directory`; returns the PDF paths."""
+def write_figures(stats: pd.DataFrame, directory: Path, sweep: pd.DataFrame | None = None) -> list[Path]:
+    """Every figure as NAME.pdf and NAME.png in `directory` (τ against tree size only with a sweep); returns the PDF paths."""
     written = []
     sns.set_theme(style="whitegrid", context="paper")
-    for name, draw in FIGURES.items():
-        figure = draw(stats)
+    drawings = {name: partial(draw, stats) for name, draw in FIGURES.items()}
+    if sweep is not None:
+        drawings["tau_vs_tree_size"] = partial(tree_size_figure, sweep)
+    for name, draw in drawings.items():
+        figure = draw()
         figure.set_size_inches(8, 4)
         figure.tight_layout()
         for suffix in ("pdf", "png"):

@@ -48,23 +48,28 @@ METHODS: dict[str, MethodFactory] = {
 }
 
 
-def _trained(method: str, head_dir: Path) -> MethodFactory:
+def _trained(method: str, head_dir: Path, drafting: dict) -> MethodFactory:
     """A method that drafts with a trained head, loaded for (and checked against) the target."""
 
     def make(model: PreTrainedModel) -> DecodeTurn:
-        head = load_head(head_dir, model, method)
+        head = load_head(head_dir, model, method, drafting)
         return partial(generate, drafter=head.eval().to(model.device, model.dtype).drafter())
 
     return make
 
 
-def method_factory(name: str, head_dir: Path | None = None) -> MethodFactory:
-    """The factory of a registered method, or of a trained head's method when `name` is a head method."""
+def method_factory(name: str, head_dir: Path | None = None, drafting: dict | None = None) -> MethodFactory:
+    """The factory of a registered method, or of a trained head's method when `name` is a head method.
+
+    `drafting` overrides a trained head's drafting options (its tree), e.g. {"total_tokens": 30}.
+    """
     if name in METHODS:
+        if drafting:
+            raise Clover2Error(f"method {name!r} has no trained head whose drafting options could change")
         return METHODS[name]
     if name in head_methods():
         if head_dir is None:
             raise Clover2Error(f"method {name!r} drafts with a trained head: pass --head DIR")
-        return _trained(name, head_dir)
+        return _trained(name, head_dir, drafting or {})
     known = ", ".join([*METHODS, *head_methods()])
     raise Clover2Error(f"unknown method {name!r}; known: {known}")

@@ -59,6 +59,8 @@ def _question_row(record: dict, source: str) -> dict:
         # Per speculative step (the prefill drafts nothing): tokens kept and first rejected depth.
         "step_lengths": [n for t in turns for n in t["accept_lengths"][1:]],
         "failed_depths": [d for t in turns for d in t["failed_depths"]],
+        "tree_sizes": [n for t in turns for n in t.get("tree_sizes", [])],
+        "drafting": " ".join(config.get("draft_option") or []),  # the drafting options this run changed
         "answers": [t.get("text", "") for t in turns],
     }
 
@@ -121,6 +123,18 @@ def depth_acceptance(failed_depths: Iterable[int | None], step_lengths: Iterable
         accepted[:ok] += 1
     reached = int(np.count_nonzero(tried))
     return [float(a / t) for a, t in zip(accepted[:reached], tried[:reached])]
+
+
+def tree_size_curve(frame: pd.DataFrame) -> pd.DataFrame:
+    """τ against tree size: per (method, drafting options) run, the mean drafted nodes per step and τ."""
+    rows = []
+    for (method, drafting), group in frame.groupby(["method", "drafting"], sort=True):
+        sizes = _flat(group["tree_sizes"])
+        if not sizes:
+            raise Clover2Error(f"{method} {drafting}: no tree sizes in the records (plain decoding, or records of an older version)")
+        rows.append({"method": method, "drafting": drafting, "tree_size": float(np.mean(sizes)),
+                     "tau": tau(group["new_tokens"], group["steps"]), "questions": len(group)})  # fmt: skip
+    return pd.DataFrame(rows).sort_values(["method", "tree_size"], ignore_index=True)
 
 
 def summary(frame: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:

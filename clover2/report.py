@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from clover2.atomic import atomic_write_text
 from clover2.errors import Clover2Error
-from clover2.metrics import read_bench, summary
+from clover2.metrics import read_bench, summary, tree_size_curve
 from clover2.quality import gsm8k_correct, humaneval_passed
 from clover2.tasks import read_questions
 
@@ -29,6 +29,7 @@ TITLES = {
     "training": "Training cost of each head",
     "quality": "Answer quality at T = 0 (GSM8K exact match, HumanEval pass@1; sandboxed execution)",
     "published": "Published (Clover-2 paper) and reproduced numbers",
+    "tree_size": "τ against tree size (drafted nodes per step) in the tree-size sweep, T = 0",
 }
 
 
@@ -173,6 +174,7 @@ def build_tables(
     questions: Sequence[Path] = (),
     published: Path | None = None,
     target: str = "",
+    sweep: Sequence[Path] = (),
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
     frame = read_bench(bench)
@@ -187,6 +189,8 @@ def build_tables(
         tables["quality"] = quality
     if published is not None:
         tables["published"] = published_table(stats, published, target)
+    if sweep:
+        tables["tree_size"] = tree_size_curve(read_bench(sweep)).set_index(["method", "drafting"])
     return tables, stats
 
 
@@ -228,7 +232,7 @@ def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory:
     directory = Path(directory)
     for name, table in tables.items():
         atomic_write_text(directory / "tables" / f"{name}.tex", to_latex(name, table))
-    figures = write_figures(stats, directory / "figures")
+    figures = write_figures(stats, directory / "figures", tables.get("tree_size"))
     body = [PAPER_PREAMBLE % source.replace("_", r"\_")]
     body += [f"\\input{{tables/{name}}}\n" for name in tables]
     body += [f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{f.name}}}"

@@ -12,6 +12,7 @@ from clover2.decoding import DecodeConfig, generate
 from clover2.draft_head import TrainBatch, load_head, save_head, trainable_state
 from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
+from clover2.methods import method_factory
 from clover2.teacher import teacher_batch
 from helpers import train_steps
 
@@ -333,3 +334,18 @@ def test_an_eagle_head_drafts_for_eagle2_and_no_other_method(tiny_llama, tmp_pat
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trainable_state(head).items())
     with pytest.raises(Clover2Error, match="holds a eagle head, not medusa"):
         load_head(directory, tiny_llama, "medusa")
+
+
+def test_drafting_options_change_the_tree_of_a_trained_head_and_are_recorded_per_step(tiny_llama, tmp_path):
+    directory = save_head(EagleHead(tiny_llama, noise=False), tmp_path / "head", {"name": "tiny"})
+    loaded = load_head(directory, tiny_llama, "eagle2", {"total_tokens": 7})
+    assert loaded.options["total_tokens"] == 7
+    record = generate(tiny_llama, PROMPT, DecodeConfig(max_new_tokens=12), NO_STOP, drafter=loaded.eval().drafter())
+    assert record.tree_sizes == [7] * len(record.failed_depths) and len(record.tree_sizes) == record.steps - 1
+    with pytest.raises(Clover2Error, match="drafting option 'noise'.*depth, top_k, total_tokens"):
+        load_head(directory, tiny_llama, "eagle2", {"noise": True})
+
+
+def test_a_method_without_a_head_takes_no_drafting_options():
+    with pytest.raises(Clover2Error, match="'vanilla' has no trained head"):
+        method_factory("vanilla", None, {"tree": "eagle_mc_sim_7b_63"})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clover2.errors import Clover2Error
-from clover2.metrics import bootstrap_ci, depth_acceptance, read_bench, speedup_ratio_of_means, summary
+from clover2.metrics import bootstrap_ci, depth_acceptance, read_bench, speedup_ratio_of_means, summary, tree_size_curve
 
 
 def _turn(tokens: int, seconds: float, lengths: list[int] | None = None, failed: list | None = None, text: str = "") -> dict:
@@ -19,8 +19,10 @@ def _turn(tokens: int, seconds: float, lengths: list[int] | None = None, failed:
             "failed_depths": failed if failed is not None else [None] * (len(lengths) - 1), "seconds": phases, "text": text}  # fmt: skip
 
 
-def _row(method: str, question: str, turns: list[dict], task: str = "mt_bench", temperature: float = 0, repeat: int = 0) -> dict:
-    config = {"temperature": temperature, "repeat": repeat}
+def _row(
+    method: str, question: str, turns: list[dict], task: str = "mt_bench", temperature: float = 0, repeat: int = 0, drafting=None
+) -> dict:
+    config = {"temperature": temperature, "repeat": repeat, "draft_option": drafting}
     return {"task": task, "question_id": question, "category": "writing", "method": method, "turns": turns, "provenance": {"config": config}}
 
 
@@ -124,3 +126,21 @@ def test_a_malformed_record_names_file_and_line(tmp_path):
     path.write_text(json.dumps(_row("vanilla", "1", [_turn(2, 1.0)])) + "\n{\"task\": 1}\n")
     with pytest.raises(Clover2Error, match=r"bad.jsonl:2: not a bench record"):
         read_bench([path])
+
+
+def test_tree_size_curve_pairs_each_drafting_setting_with_its_mean_tree_and_tau(tmp_path):
+    def turn(lengths, sizes):
+        return _turn(sum(lengths), 1.0, lengths) | {"tree_sizes": sizes}
+
+    rows = [_row("eagle2", "1", [turn([1, 2, 2], [10, 10])], drafting=["total_tokens=10"]),
+            _row("eagle2", "2", [turn([1, 1, 3, 1], [10, 8, 10])], drafting=["total_tokens=10"]),
+            _row("eagle2", "1", [turn([1, 4], [60])], drafting=["total_tokens=60"])]  # fmt: skip
+    curve = tree_size_curve(read_bench([_file(tmp_path / "s.jsonl", rows)])).set_index("drafting")
+    assert curve.loc["total_tokens=10", "tree_size"] == pytest.approx(48 / 5)  # pooled over steps, not questions
+    assert curve.loc["total_tokens=10", "tau"] == 11 / 7 and curve.loc["total_tokens=60", "tau"] == 2.5
+
+
+def test_tree_size_curve_needs_drafted_trees(tmp_path):
+    rows = [_row("vanilla", "1", [_turn(3, 1.0)])]
+    with pytest.raises(Clover2Error, match="vanilla.*no tree sizes"):
+        tree_size_curve(read_bench([_file(tmp_path / "v.jsonl", rows)]))

@@ -83,3 +83,12 @@ def test_paper_directory_holds_tables_figures_and_a_main_file_including_them(rec
     assert all(f"figures/{f.name}" in text for f in figures)
     assert text.count("\\begin{figure}") == text.count("\\end{figure}") == 4 and text.rstrip().endswith("\\end{document}")
     assert json.dumps(text)  # plain text, nothing binary
+
+
+def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(records, tmp_path):
+    sweep = [_row("eagle2", "0", [_turn(6, 1.0, lengths) | {"tree_sizes": [size] * (len(lengths) - 1)}], drafting=[f"total_tokens={size}"])
+             for size, lengths in ((5, [1, 2, 3]), (20, [1, 5]))]  # fmt: skip
+    tables, stats = build_tables(records, sweep=[_file(tmp_path / "sweep.jsonl", sweep)])
+    assert list(tables["tree_size"]["tree_size"]) == [5.0, 20.0] and list(tables["tree_size"]["tau"]) == [2.0, 3.0]
+    main = write_paper(tables, stats, tmp_path / "paper", "unit_test").read_text()
+    assert (tmp_path / "paper" / "figures" / "tau_vs_tree_size.png").is_file() and "tau_vs_tree_size.pdf" in main

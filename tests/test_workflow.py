@@ -12,7 +12,7 @@ import yaml
 
 from clover2.errors import Clover2Error
 from clover2.report import build_tables
-from clover2.workflow import check_config, train_flags
+from clover2.workflow import check_config, stage_times, train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["default", "smoke", "paper-vicuna7b", "paper-llama3-8b"]
@@ -39,6 +39,8 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
     assert counts["bench"] == len(config["methods"]) * len(bench["tasks"]) * len(bench["temperatures"]) * bench["repeats"]
     assert counts["train"] == len(config["heads"]) and counts["target"] == counts["report"] == counts["all"] == 1
     assert counts["lossless"] == len(config["methods"]) * len(config["lossless"]["tasks"]) * len(config["lossless"]["temperatures"])
+    sweep = config.get("sweep") or {"values": [], "tasks": []}
+    assert counts.get("sweep", 0) == len(sweep["values"]) * len(sweep["tasks"])
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -66,6 +68,9 @@ BAD = {
     "missing target": ({"target": None}, "target"),
     "head of another method": ({"methods": {"clover2": {"head": "medusa"}}}, "methods.clover2.head"),
     "misspelt key": ({"bench": {"repeat": 3}}, "repeat"),
+    "sweep over a training option": ({"sweep": {"option": "noise"}}, "sweep.option"),
+    "sweep of a method without a head": ({"sweep": {"method": "vanilla"}}, "sweep.method"),
+    "sweep value unfit for a path": ({"sweep": {"values": ["a/b"]}}, "values"),
 }
 
 
@@ -102,6 +107,24 @@ def test_train_flags_merge_shared_and_per_head_settings():
     assert "--schedule constant_with_warmup" in flags
 
 
+def test_stage_times_add_up_each_stage_from_snakemake_benchmark_files(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    jobs = {"t/benchmarks/bench/a/r0.tsv": (30.0, 100), "t/benchmarks/bench/b/r0.tsv": (10.0, 300), "benchmarks/report.tsv": (5.0, 50)}
+    for name, (seconds, rss) in jobs.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:{seconds:02.0f}\t{rss}\t0\t0\t0\t0\t0\t0\t{seconds}\n")
+    os.utime(tmp_path / "t/benchmarks/bench/a/r0.tsv", (1000, 1000))  # ran 970-1000
+    os.utime(tmp_path / "t/benchmarks/bench/b/r0.tsv", (1005, 1005))  # ran 995-1005, overlapping
+    table = stage_times([tmp_path])
+    assert table.loc["bench", "jobs"] == 2 and table.loc["bench", "job_seconds"] == 40.0
+    assert table.loc["bench", "span_seconds"] == 35.0 and table.loc["bench", "max_rss_mb"] == 300
+    assert table.loc["report", "job_seconds"] == 5.0
+    (tmp_path / "t/benchmarks/bench/a/r0.tsv").write_text("not\ta benchmark\n")
+    with pytest.raises(Clover2Error, match="r0.tsv: not a Snakemake benchmark file"):
+        stage_times([tmp_path])
+
+
 @pytest.mark.slow
 def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     """The whole smoke workflow on the real SmolLM2 target (minutes): every artefact is there and reads."""
@@ -124,5 +147,6 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     latex = (tmp_path / "results" / "tables.tex").read_text()
     assert latex.count(r"\begin{table}") >= len(tables) and r"\toprule" in latex
     assert "quality" in latex and (tmp_path / "paper" / "main.tex").is_file()
-    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 4
+    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 5  # with the tree-size sweep's
+    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 7  # each stage benchmarked
     shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights

@@ -22,17 +22,18 @@ rule bench:
         f"{TARGET}/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.jsonl",
     params:
         head=head_flag,
-        baseline=config["baseline"],
+        run=lambda w: f"--temperature {w.temperature} --repeat {w.repeat} --seed {w.repeat} --baseline {config['baseline']}",
         bench=config["bench"],
     threads: config["threads"]
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,
     log:
         f"{TARGET}/logs/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.log",
+    benchmark:
+        f"{TARGET}/benchmarks/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.tsv",
     shell:
-        "clover2 bench --target {input.target} --method {wildcards.method} {params.head} "
-        "--questions {input.questions} --temperature {wildcards.temperature} --repeat {wildcards.repeat} "
-        "--seed {wildcards.repeat} --baseline {params.baseline} --max-new-tokens {params.bench[max_new_tokens]} "
+        "clover2 bench --target {input.target} --method {wildcards.method} {params.head} {params.run} "
+        "--questions {input.questions} --max-new-tokens {params.bench[max_new_tokens]} "
         "--max-length {params.bench[max_length]} --warmup {params.bench[warmup]} --threads {threads} "
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1"
 
@@ -52,9 +53,26 @@ rule lossless:
         gpu=1 if config["device"].startswith("cuda") else 0,
     log:
         f"{TARGET}/logs/lossless/{{method}}/{{task}}/T{{temperature}}.log",
+    benchmark:
+        f"{TARGET}/benchmarks/lossless/{{method}}/{{task}}/T{{temperature}}.tsv",
     shell:
         # Exit status 1 means "checked, not lossless": the report exists and the tables show it.
         "clover2 check-lossless --target {input.target} --method {wildcards.method} {params.head} "
         "--questions {input.questions} --temperature {wildcards.temperature} "
         "--max-new-tokens {params.check[max_new_tokens]} --samples {params.check[samples]} --threads {threads} "
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1 || [ $? -eq 1 ]"
+
+
+# The tree-size sweep: one trained method decoded with each value of one drafting option (T = 0, no
+# baseline: only τ is plotted), otherwise exactly a bench job.
+use rule bench as sweep with:
+    output:
+        f"{TARGET}/sweep/{{method}}/{{option}}/{{value}}/{{task}}.jsonl",
+    params:
+        head=head_flag,
+        run=lambda w: f"--draft-option {w.option}={w.value} --temperature 0",
+        bench=config["bench"],
+    log:
+        f"{TARGET}/logs/sweep/{{method}}/{{option}}/{{value}}/{{task}}.log",
+    benchmark:
+        f"{TARGET}/benchmarks/sweep/{{method}}/{{option}}/{{value}}/{{task}}.tsv",

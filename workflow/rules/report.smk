@@ -9,6 +9,7 @@ rule report:
         lossless=wf.lossless_files(config),
         heads=wf.head_dirs(config),
         questions=wf.question_files(config),
+        sweep=wf.sweep_files(config),
     output:
         latex="results/tables.tex",
         markdown="results/tables.md",
@@ -19,7 +20,9 @@ rule report:
         target=config["target"]["name"],
     log:
         "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv",
     shell:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
-        "--questions {input.questions} {params.published} --target-name {params.target} "
+        "--questions {input.questions} --sweep {input.sweep} {params.published} --target-name {params.target} "
         "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"

@@ -9,5 +9,7 @@ rule target:
         template=f"--chat-template {config['target']['chat_template']}" if config["target"].get("chat_template") else "",
     log:
         f"{TARGET}/logs/target.log",
+    benchmark:
+        f"{TARGET}/benchmarks/target.tsv",
     shell:
         "clover2 prepare-target {params.source} --out {output} {params.template} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule train:
         gpu=1 if config["device"].startswith("cuda") else 0,
     log:
         f"{TARGET}/logs/train/{{head}}.log",
+    benchmark:
+        f"{TARGET}/benchmarks/train/{{head}}.tsv",
     shell:
         "{params.launcher} train --target {input.target} --method {wildcards.head} --out {output} {params.data} "
         "{params.flags} --threads {threads} --device {config[device]} > {log} 2>&1"
