@@ -92,3 +92,13 @@ def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(r
     assert list(tables["tree_size"]["tree_size"]) == [5.0, 20.0] and list(tables["tree_size"]["tau"]) == [2.0, 3.0]
     main = write_paper(tables, stats, tmp_path / "paper", "unit_test").read_text()
     assert (tmp_path / "paper" / "figures" / "tau_vs_tree_size.png").is_file() and "tau_vs_tree_size.pdf" in main
+
+
+@pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
+def test_cells_this_run_left_empty_show_a_dash_and_temperatures_read_as_written(records, tmp_path):
+    tables, stats = build_tables(records, published=PUBLISHED, target="vicuna-7b-v1.5")
+    write_tables(tables, tmp_path / "t.tex", tmp_path / "t.md")
+    latex, markdown = (tmp_path / "t.tex").read_text(), (tmp_path / "t.md").read_text()
+    assert "nan" not in latex and "nan" not in markdown  # rag was not run here
+    assert " -- " in latex and " – " in markdown
+    assert "0.000000" not in latex and "{*}{0}" in latex
