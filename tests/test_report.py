@@ -78,11 +78,15 @@ def test_paper_directory_holds_tables_figures_and_a_main_file_including_them(rec
     text = main.read_text()
     for name in tables:
         assert (tmp_path / "paper" / "tables" / f"{name}.tex").is_file() and f"\\input{{tables/{name}}}" in text
+    assert (tmp_path / "paper" / "tables.md").read_text().count("### ") == len(tables)
     figures = sorted((tmp_path / "paper" / "figures").glob("*.pdf"))
     assert len(figures) == 4 and all(f.with_suffix(".png").stat().st_size > 1000 for f in figures)
     assert all(f"figures/{f.name}" in text for f in figures)
     assert text.count("\\begin{figure}") == text.count("\\end{figure}") == 4 and text.rstrip().endswith("\\end{document}")
     assert json.dumps(text)  # plain text, nothing binary
+    first = {f.name: f.read_bytes() for f in figures}
+    write_paper(tables, stats, tmp_path / "paper", "unit_test")
+    assert first == {f.name: f.read_bytes() for f in figures}  # same records, byte-identical figures
 
 
 def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(records, tmp_path):
