@@ -1,5 +1,6 @@
 """Triton tree-verification kernels against the PyTorch path (under TRITON_INTERPRET=1 without CUDA)."""
 
+import copy
 import json
 import random
 
@@ -120,7 +121,8 @@ def test_kv_compaction_moves_the_path_in_every_layer(dtype, path, monkeypatch):
 
 
 def _tree_llama(tiny_llama, implementation: str) -> LlamaForCausalLM:
-    model = LlamaForCausalLM(tiny_llama.config).eval().to(DEVICE)
+    # Its own config: set_attn_implementation writes into the config, which would switch tiny_llama too.
+    model = LlamaForCausalLM(copy.deepcopy(tiny_llama.config)).eval().to(DEVICE)
     model.load_state_dict(tiny_llama.state_dict())
     model.set_attn_implementation(implementation)
     return model
@@ -146,11 +148,12 @@ def test_verification_forward_matches_sdpa_under_every_attention(tiny_llama, imp
 def test_greedy_decoding_does_not_depend_on_the_backend(tiny_llama, method, monkeypatch):
     prompt = [1] + [17, 23, 99, 4, 250] * 4
     config = DecodeConfig(max_new_tokens=24)
+    plain = generate(tiny_llama, prompt, config, NO_STOP)  # before the backend is forced: tiny_llama is on the CPU
     records = {}
     for backend, model in (("torch", tiny_llama), ("triton", _tree_llama(tiny_llama, NAME))):
         monkeypatch.setenv(ENV, backend)
         records[backend] = METHODS[method](model)(model, prompt, config, NO_STOP, None)
-    assert records["triton"].tokens == records["torch"].tokens == generate(tiny_llama, prompt, config, NO_STOP).tokens
+    assert records["triton"].tokens == records["torch"].tokens == plain.tokens
     assert records["triton"].accept_lengths == records["torch"].accept_lengths
 
 
