@@ -1,11 +1,15 @@
 # clover2-bench: from a config to every artefact. Rules only wire files to `clover2` commands.
-#   snakemake --cores all                       the embedded default (SmolLM2-135M-Instruct on CPU)
+#   snakemake --cores all                       the embedded default (SmolLM2-135M-Instruct on CPU), paper/main.pdf
 #   snakemake --cores all results/tables.tex    only what the tables need
 #   snakemake --configfile workflow/config/smoke.yaml --cores all     CI's smoke run
 #   snakemake --profile workflow/profiles/slurm --configfile workflow/config/paper-vicuna7b.yaml
+import os
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 from clover2 import workflow as wf
+from clover2.tasks import anchor_mirror
 
 min_version("9.0")
 
@@ -16,6 +20,9 @@ if not workflow.config_settings.configfiles:
     configfile: f"{workflow.basedir}/workflow/config/default.yaml"
 
 
+# A relative data mirror means relative to where the user typed the command (the shell's $PWD), not
+# to the --directory Snakemake moved to; jobs inherit the absolute path.
+anchor_mirror(Path(os.environ.get("PWD", os.getcwd())))
 validate(config, "workflow/schemas/config.schema.yaml")  # relative to this Snakefile
 wf.check_config(config)
 
@@ -27,8 +34,6 @@ wildcard_constraints:
     head="[A-Za-z0-9_-]+",
     task="[A-Za-z0-9_]+",
     temperature="[0-9.]+",
-    repeat="[0-9]+",
-    n="[0-9]+",
     option="[A-Za-z0-9_]+",
     value="[A-Za-z0-9_.]+",
 
@@ -44,4 +49,4 @@ rule all:
     input:
         "results/tables.tex",
         "results/tables.md",
-        "paper/main.tex",
+        "paper/main.pdf",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from clover2.atomic import atomic_write_text
 from clover2.chat import prompt_ids
 from clover2.decoding import DecodeConfig, TurnRecord, turn_generator
 from clover2.methods import DecodeTurn
@@ -46,27 +47,33 @@ def warm_up(target: Target, decode: DecodeTurn, question: Question, config: Deco
         decode(target.model, ids, short, target.stop_token_ids, turn_generator(config.seed, "warmup", 0, target.model.device))
 
 
+Run = tuple[str, DecodeTurn]  # a method's name and its decoder
+
+
 def run(
     target: Target,
-    method: str,
-    decode: DecodeTurn,
+    runs: Sequence[Run],
     questions: Sequence[Question],
     config: DecodeConfig,
     provenance: dict,
     warmup: int = 3,
-    baseline: tuple[str, DecodeTurn] | None = None,
+    done: Collection[tuple[str, str]] = (),
 ) -> Iterator[dict]:
-    """Yield one result row per question (and per baseline run of it), with a progress bar.
+    """Yield one result row per (question, run), with a progress bar; skip the (question id, method) pairs in `done`.
 
-    With a `baseline` (name, decoder), each question is decoded by both, in alternating order, in
-    this process: their speed ratio is measured under the same conditions at the same time.
+    Every run decodes each question in this process, the order rotating from question to question,
+    so the speed ratio of any two runs (a method and the plain baseline) is measured under the same
+    conditions at the same time, and no run always goes first.
     """
-    runs = [(method, decode)] + ([baseline] if baseline else [])
     if questions and warmup:
         for _, run_decode in runs:
             warm_up(target, run_decode, questions[0], config, warmup)
-    for index, question in enumerate(tqdm(questions, desc=f"{method} on {questions[0].task if questions else '-'}", unit="q")):
-        for name, run_decode in runs if index % 2 == 0 else runs[::-1]:
+    tasks = ",".join(dict.fromkeys(q.task for q in questions)) or "-"
+    for index, question in enumerate(tqdm(questions, desc=f"{len(runs)} runs on {tasks}", unit="q")):
+        shift = index % len(runs)
+        for name, run_decode in [*runs[shift:], *runs[:shift]]:
+            if (question.question_id, name) in done:
+                continue
             yield {
                 "task": question.task,
                 "question_id": question.question_id,
@@ -77,8 +84,36 @@ def run(
             }
 
 
-def write_jsonl(path: Path, rows: Iterator[dict]) -> int:
-    """Write all rows at once at the end, atomically: an interrupted run leaves no partial file."""
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def finished_rows(path: Path, config_hash: str) -> list[dict]:
+    """The rows an interrupted run of the same settings left in `path`'s partial file (a torn last line is dropped)."""
+    partial = partial_path(path)
+    if not partial.is_file():
+        return []
+    rows = []
+    for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        row = json.loads(line)
+        if row["provenance"]["config_hash"] == config_hash:
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterator[dict], finished: Sequence[dict] = ()) -> int:
+    """Append each row to `path`.partial as it comes (after the `finished` rows of an earlier run),
+    then rename the partial file into place: an interrupted run leaves no file that looks complete,
+    and a rerun resumes from what it kept."""
+    partial = partial_path(path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with partial.open("w", encoding="utf-8") as handle:
+        for row in itertools.chain(finished, rows):  # as each row comes, not once all are done
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            count += 1
+    os.replace(partial, path)
+    return count

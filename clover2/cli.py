@@ -41,10 +41,9 @@ def _decode_config(args: argparse.Namespace):
 
 
 def _setup(args: argparse.Namespace):
-    """Check the cheap arguments first, then load the target and build the method for it."""
+    """Check the cheap arguments first, then load the target and build every method for it."""
     import torch
 
-    from clover2.methods import method_factory
     from clover2.targets import load_target
     from clover2.tasks import load_questions, read_questions
 
@@ -52,24 +51,43 @@ def _setup(args: argparse.Namespace):
         raise Clover2Error(f"--limit must be >= 0, got {args.limit}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    make_method = method_factory(args.method, args.head, _options(args.draft_option, "--draft-option"))
+    factories = _method_factories(args)
     config = _decode_config(args)
     if args.questions:
-        questions = read_questions(args.questions)[: args.limit]
-        args.task = questions[0].task
+        questions = [q for path in args.questions for q in read_questions(path)[: args.limit]]
+        args.task = ",".join(dict.fromkeys(q.task for q in questions))
     else:
         questions = load_questions(args.task, limit=args.limit, ids=args.ids)
     args.device = args.device or _default_device()
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     target = load_target(args.target, device=args.device, dtype=args.dtype)
-    return target, make_method(target.model), questions, config
+    return target, [(name, make(target.model)) for name, make in factories], questions, config
+
+
+def _method_factories(args: argparse.Namespace) -> list:
+    """(name, factory) per --method, in order; --head METHOD=DIR pairs a head with its method
+    (a bare DIR is allowed when there is one method)."""
+    from clover2.methods import method_factory
+
+    methods = list(dict.fromkeys([*args.method, *([args.baseline] if getattr(args, "baseline", None) else [])]))
+    heads = {}
+    for value in args.head or []:
+        method, sep, directory = value.partition("=")
+        if not sep:
+            if len(args.method) != 1:
+                raise Clover2Error(f"--head {value}: with several methods, name the method (--head METHOD=DIR)")
+            method, directory = args.method[0], value
+        if method not in args.method:
+            raise Clover2Error(f"--head {value}: {method!r} is not one of the --method values")
+        heads[method] = Path(directory)
+    drafting = _options(args.draft_option, "--draft-option")
+    return [(name, method_factory(name, heads.get(name), drafting if name in heads else None)) for name in methods]
 
 
 def _provenance(args: argparse.Namespace, target) -> dict:
     from clover2.provenance import provenance
 
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    settings.pop("func")
+    settings = json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "func"}, default=str))  # paths as text
     settings["target_identity"] = target.identity
     return provenance(settings, target.model.device, args.seed)
 
@@ -77,13 +95,15 @@ def _provenance(args: argparse.Namespace, target) -> dict:
 def _bench(args: argparse.Namespace) -> None:
     from clover2 import bench
 
-    from clover2.methods import method_factory
-
-    target, decode, questions, config = _setup(args)
-    baseline = (args.baseline, method_factory(args.baseline)(target.model)) if args.baseline else None
-    rows = bench.run(target, args.method, decode, questions, config, _provenance(args, target), args.warmup, baseline)
-    count = bench.write_jsonl(args.out, rows)
-    print(f"{count} questions -> {args.out}")
+    target, runs, questions, config = _setup(args)
+    provenance = _provenance(args, target)
+    finished = bench.finished_rows(args.out, provenance["config_hash"])
+    if finished:
+        print(f"resuming: {len(finished)} records of an interrupted run kept from {bench.partial_path(args.out)}")
+    done = {(row["question_id"], row["method"]) for row in finished}
+    rows = bench.run(target, runs, questions, config, provenance, args.warmup, done)
+    count = bench.write_jsonl(args.out, rows, finished)
+    print(f"{count} records ({len(runs)} methods x {len(questions)} questions) -> {args.out}")
 
 
 def _check_lossless(args: argparse.Namespace) -> int:
@@ -91,29 +111,30 @@ def _check_lossless(args: argparse.Namespace) -> int:
     from clover2.chat import prompt_ids
     from clover2.lossless import check_greedy, check_sampling
 
-    target, decode, questions, config = _setup(args)
+    target, runs, questions, config = _setup(args)
     if config.temperature == 0:
-        report = check_greedy(target, decode, questions, config)
-        print(f"{args.method} on {args.task}: {report.turns_identical}/{report.turns_checked} turns identical to plain decoding")
-        for miss in report.mismatches:
-            print(f"  question {miss.question_id} turn {miss.turn}: first difference at new token {miss.position}")
-            print(f"    plain:  {miss.plain!r}\n    {args.method}: {miss.method!r}")
+        reports = check_greedy(target, runs, questions, config)
+        for name, report in reports.items():
+            print(f"{name} on {args.task}: {report.turns_identical}/{report.turns_checked} turns identical to plain decoding")
+            for miss in report.mismatches:
+                print(f"  question {miss.question_id} turn {miss.turn}: first difference at new token {miss.position}")
+                print(f"    plain:  {miss.plain!r}\n    {name}: {miss.method!r}")
     else:
         prompt = prompt_ids(target.tokenizer, questions[0].turns[:1], []) if questions else []
         if not prompt:
             raise Clover2Error(f"check-lossless: task {args.task!r} selected no question to sample from")
-        report = check_sampling(
-            target, decode, prompt, config.temperature, args.samples, config.max_new_tokens, args.alpha, args.seed
-        )
-        print(
-            f"{args.method} at T={config.temperature}: chi-squared {report.statistic:.1f} on {report.dof} dof over "
-            f"{report.outcomes} continuations of {report.tokens} tokens, p = {report.p_value:.4f} (alpha {report.alpha})"
-        )
-    print("lossless: PASS" if report.passed else "lossless: FAIL")
+        reports = check_sampling(target, runs, prompt, config.temperature, args.samples, config.max_new_tokens, args.alpha, args.seed)
+        for name, report in reports.items():
+            print(
+                f"{name} at T={config.temperature}: chi-squared {report.statistic:.1f} on {report.dof} dof over "
+                f"{report.outcomes} continuations of {report.tokens} tokens, p = {report.p_value:.4f} (alpha {report.alpha})"
+            )
+    passed = all(report.passed for report in reports.values())
+    print("lossless: PASS" if passed else "lossless: FAIL")
     if args.out:
-        document = {"report": report.to_json(), "provenance": _provenance(args, target)}
+        document = {"reports": {name: r.to_json() for name, r in reports.items()}, "provenance": _provenance(args, target)}
         atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
-    return 0 if report.passed else 1
+    return 0 if passed else 1
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -234,6 +255,12 @@ def _report(args: argparse.Namespace) -> None:
     print(f"{len(tables)} tables -> {args.out}")
 
 
+def _paper_pdf(args: argparse.Namespace) -> None:
+    from clover2.report import compile_pdf
+
+    print(f"paper built: {compile_pdf(args.directory)}")
+
+
 def _stage_times(args: argparse.Namespace) -> None:
     from clover2.workflow import stage_times
 
@@ -245,9 +272,11 @@ def _stage_times(args: argparse.Namespace) -> None:
 def _questions(args: argparse.Namespace) -> None:
     from clover2.tasks import load_questions, write_questions
 
-    questions = load_questions(args.task, limit=args.limit)
-    write_questions(args.out, questions)
-    print(f"{len(questions)} questions of {args.task} -> {args.out}")
+    for task in args.task:
+        questions = load_questions(task, limit=args.limit)
+        out = args.out_dir / f"{task}.jsonl"
+        write_questions(out, questions)
+        print(f"{len(questions)} questions of {task} -> {out}")
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -261,15 +290,16 @@ def _tasks(args: argparse.Namespace) -> None:
 
 def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--head", type=Path, help="the trained head directory, for methods that draft with one")
+    parser.add_argument("--method", action=_MethodAction, required=True, metavar="METHOD")
+    parser.add_argument("--head", action="append", metavar="[METHOD=]DIR",
+                        help="the trained head directory of a method that drafts with one (repeatable)")  # fmt: skip
     parser.add_argument("--draft-option", action="append", metavar="KEY=VALUE",
                         help="change a trained head's drafting option for this run, e.g. total_tokens=30 (repeatable)")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a registered task (clover2 tasks lists them)")
-    source.add_argument("--questions", type=Path, help="a question file written by clover2 questions")
+    source.add_argument("--questions", type=Path, nargs="+", help="question files written by clover2 questions")
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--limit", type=int, help="the first N questions of the task")
+    parser.add_argument("--limit", type=int, help="the first N questions of the task (of each question file)")
     parser.add_argument("--ids", nargs="+", help="only these question ids")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (check-lossless at T > 0: per draw)")
     parser.add_argument("--max-length", type=int, default=1960, help="prompt + new tokens per turn")
@@ -278,6 +308,23 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU")
     parser.add_argument("--kernels", choices=["auto", "triton", "torch"], help="verification kernels (default auto: Triton on CUDA)")
+
+
+class _MethodAction(argparse._AppendAction):
+    """--method, whose help lists the registered methods: built only when help is shown, because
+    the registries import torch and transformers (seconds that every other verb would pay)."""
+
+    @property
+    def help(self) -> str:
+        from clover2.draft_head import head_methods
+        from clover2.methods import METHODS
+
+        return (f"a decoding method (repeatable: all decode the same questions in one process): {', '.join(METHODS)}; "
+                f"with a trained head (--head): {', '.join(head_methods())}")  # fmt: skip
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -290,11 +337,11 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--chat-template", help="a registered chat template to install (e.g. vicuna_v1.1)")
     prepare.set_defaults(func=_prepare_target)
 
-    run = verbs.add_parser("bench", help="decode a task's questions with one method; one JSON line per question")
+    run = verbs.add_parser("bench", help="decode questions with every --method, interleaved; one JSON line per (question, method)")
     _decoding_arguments(run)
     run.add_argument("--warmup", type=int, default=3, help="warm-up generations excluded from the records")
     run.add_argument("--repeat", type=int, default=0, help="which timing repeat this run is (recorded in the provenance)")
-    run.add_argument("--baseline", help="also decode every question with this method (e.g. vanilla), interleaved")
+    run.add_argument("--baseline", help="also decode every question with this method (e.g. vanilla), once, interleaved")
     run.add_argument("--out", type=Path, required=True)
     run.set_defaults(func=_bench)
 
@@ -364,10 +411,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--paper", type=Path, help="also write DIR/tables/*.tex, DIR/figures/* and DIR/main.tex")
     report.set_defaults(func=_report)
 
-    select = verbs.add_parser("questions", help="write a task's selected questions to a file (the workflow's data stage)")
-    select.add_argument("--task", required=True)
-    select.add_argument("--limit", type=int, help="the first N questions")
-    select.add_argument("--out", type=Path, required=True)
+    pdf = verbs.add_parser("paper-pdf", help="build DIR/main.pdf with latexmk; fails on a LaTeX error, a missing figure, "
+                           "an undefined reference or a table wider than the page")  # fmt: skip
+    pdf.add_argument("directory", type=Path, help="a directory written by clover2 report --paper")
+    pdf.set_defaults(func=_paper_pdf)
+
+    select = verbs.add_parser("questions", help="write tasks' selected questions to files (the workflow's data stage)")
+    select.add_argument("--task", nargs="+", required=True)
+    select.add_argument("--limit", type=int, help="the first N questions of each task")
+    select.add_argument("--out-dir", type=Path, required=True, help="writes DIR/<task>.jsonl for each task")
     select.set_defaults(func=_questions)
 
     tasks = verbs.add_parser("tasks", help="list the registered question sets")

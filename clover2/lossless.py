@@ -43,26 +43,29 @@ class GreedyReport:
         return {**asdict(self), "passed": self.passed}
 
 
-def check_greedy(target: Target, decode: DecodeTurn, questions: Sequence[Question], config: DecodeConfig) -> GreedyReport:
-    """Decode every turn with plain decoding and with the method from the same prompt; compare tokens.
+def check_greedy(
+    target: Target, runs: Sequence[tuple[str, DecodeTurn]], questions: Sequence[Question], config: DecodeConfig
+) -> dict[str, GreedyReport]:
+    """Decode every turn with plain decoding (once) and with each method from the same prompt; compare tokens.
 
     Later turns quote plain decoding's answers, so one mismatch does not change the prompts after it.
     """
     config = replace(config, temperature=0.0)
-    report = GreedyReport()
+    reports = {name: GreedyReport() for name, _ in runs}
     for question in tqdm(questions, desc="greedy losslessness", unit="q"):
         answers: list[str] = []
         for turn in range(len(question.turns)):
             ids = prompt_ids(target.tokenizer, question.turns[: turn + 1], answers)
             plain = generate(target.model, ids, config, target.stop_token_ids)
-            method = decode(target.model, ids, config, target.stop_token_ids, None)
-            report.turns_checked += 1
-            if method.tokens == plain.tokens:
-                report.turns_identical += 1
-            else:
-                report.mismatches.append(_mismatch(target, question.question_id, turn, plain.tokens, method.tokens))
+            for name, decode in runs:
+                method, report = decode(target.model, ids, config, target.stop_token_ids, None), reports[name]
+                report.turns_checked += 1
+                if method.tokens == plain.tokens:
+                    report.turns_identical += 1
+                else:
+                    report.mismatches.append(_mismatch(target, question.question_id, turn, plain.tokens, method.tokens))
             answers.append(answer_text(target, plain))
-    return report
+    return reports
 
 
 def _mismatch(target: Target, question_id: str, turn: int, plain: list[int], method: list[int]) -> Mismatch:
@@ -91,17 +94,18 @@ class SamplingReport:
 
 def check_sampling(
     target: Target,
-    decode: DecodeTurn,
+    runs: Sequence[tuple[str, DecodeTurn]],
     prompt: Sequence[int],
     temperature: float,
     samples: int,
     tokens: int,
     alpha: float = 0.01,
     seed: int = 0,
-) -> SamplingReport:
-    """Chi-squared homogeneity test: do plain and speculative sampling give the same first `tokens` tokens?
+) -> dict[str, SamplingReport]:
+    """Chi-squared homogeneity test per method: do plain and speculative sampling give the same first `tokens` tokens?
 
-    Each draw uses its own seeded stream, so the two samples are independent and reproducible.
+    Plain decoding is sampled once and compared with every method. Each draw uses its own seeded
+    stream, so the samples are independent and reproducible.
     """
     config = DecodeConfig(temperature=temperature, max_new_tokens=tokens, seed=seed)
     device = target.model.device
@@ -114,7 +118,11 @@ def check_sampling(
             for stream in tqdm(streams, total=samples, desc=f"sampling {name}", unit="draw")
         )
 
-    plain, method = draw("plain", generate), draw("method", decode)
+    plain = draw("plain", generate)
+    return {name: _homogeneity(plain, draw("method", decode), samples, tokens, alpha) for name, decode in runs}
+
+
+def _homogeneity(plain: Counter, method: Counter, samples: int, tokens: int, alpha: float) -> SamplingReport:
     table = _pooled_table(plain, method)
     if len(table[0]) < 2:  # one outcome only: both samplers agree, and there is nothing to test
         return SamplingReport(samples, tokens, len(plain | method), 0.0, 0, 1.0, alpha)

@@ -8,49 +8,81 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from safetensors import safe_open
 
-from clover2.atomic import atomic_write_text
+from clover2.atomic import atomic_write_bytes, atomic_write_text
 from clover2.errors import Clover2Error
 from clover2.metrics import read_bench, summary, tree_size_curve
 from clover2.quality import gsm8k_correct, humaneval_passed
 from clover2.tasks import read_questions
 
 TITLES = {
-    "speed": "Tokens/s and speedup over plain decoding (ratio of means; 95 % bootstrap CI over questions)",
-    "tau": "Mean accepted tokens per step, τ (extra tokens per step = τ − 1)",
+    "speedup_ci": "95 % bootstrap confidence interval of each speedup (resampling questions)",
+    "throughput": "Tokens/s of each method, plain decoding included (mean over questions)",
     "depth": "Per-depth acceptance on the tree actually used (share of steps reaching depth k that accepted there)",
     "time_split": "Share of wall time per phase",
     "lossless": "Losslessness against plain decoding",
     "training": "Training cost of each head",
     "quality": "Answer quality at T = 0 (GSM8K exact match, HumanEval pass@1; sandboxed execution)",
-    "published": "Published (Clover-2 paper) and reproduced numbers",
+    "published": "Published (Clover-2 paper) and reproduced numbers (extra = extra tokens per step, τ − 1)",
     "tree_size": "τ against tree size (drafted nodes per step) in the tree-size sweep, T = 0",
 }
+# Column heads short enough for the paper's page: the main table gives each task two columns.
+TASK_LABELS = {"mt_bench": "MT-Bench", "translation": "Transl.", "summarization": "Summ.", "qa": "QA",
+               "math_reasoning": "Math", "rag": "RAG", "humaneval": "HumanEval", "gsm8k": "GSM8K"}  # fmt: skip
 
 
-def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
-    cells = stats.apply(_speed_cell, axis=1)
-    return _by_task(stats.assign(cell=cells), "cell")
+def title(name: str) -> str:
+    if name.startswith("speedup_T"):
+        temperature = name.removeprefix("speedup_T").replace("p", ".")
+        return f"Speedup over plain decoding (ratio of mean tokens/s over questions) and τ at T = {temperature}"
+    return TITLES[name]
 
 
-def _speed_cell(row: pd.Series) -> str:
-    if pd.isna(row.get("speedup")):
-        return f"{row['tokens_per_s']:.1f}"
-    ci = "" if pd.isna(row["speedup_ci_low"]) else f" [{row['speedup_ci_low']:.2f}, {row['speedup_ci_high']:.2f}]"
-    return f"{row['tokens_per_s']:.1f} ({row['speedup']:.2f}x{ci})"
+def speedup_tables(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's main table, one per temperature: per method and task, the speedup and τ."""
+    tables = {}
+    for temperature, group in stats[stats["speedup"].notna()].groupby("temperature"):
+        cells = group.set_index(["method", "task"])
+        table = pd.DataFrame({(_task_label(task), symbol): cells[metric].xs(task, level="task")
+                              for task in _task_order(group["task"]) for symbol, metric in (("×", "speedup"), ("τ", "tau"))})  # fmt: skip
+        table.index.name = None
+        tables[f"speedup_T{temperature:g}".replace(".", "p")] = table
+    return tables
 
 
-def tau_table(stats: pd.DataFrame) -> pd.DataFrame:
-    return _by_task(stats.assign(cell=stats["tau"].map("{:.2f}".format)), "cell")
+def speedup_ci_table(stats: pd.DataFrame) -> pd.DataFrame:
+    rows = stats[stats["speedup"].notna()]
+    cells = [f"{low:.2f}–{high:.2f}" if pd.notna(low) else "" for low, high in zip(rows["speedup_ci_low"], rows["speedup_ci_high"])]
+    return _by_task(rows.assign(cell=cells), "cell")
+
+
+def throughput_table(stats: pd.DataFrame) -> pd.DataFrame:
+    return _by_task(stats, "tokens_per_s")
+
+
+def _task_order(tasks: pd.Series) -> list[str]:
+    """The paper's task order, then any other task alphabetically."""
+    present = set(tasks)
+    return [t for t in TASK_LABELS if t in present] + sorted(present - set(TASK_LABELS))
+
+
+def _task_label(task: str) -> str:
+    return TASK_LABELS.get(task, task)
 
 
 def _by_task(stats: pd.DataFrame, column: str) -> pd.DataFrame:
     table = stats.pivot_table(index=["temperature", "method"], columns="task", values=column, aggfunc="first")
+    table = table[_task_order(stats["task"])].rename(columns=_task_label)
     table.columns.name = None
     return table
 
@@ -82,13 +114,14 @@ def lossless_table(paths: Sequence[Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         document = _read_json(path)
-        report, config = document["report"], document["provenance"]["config"]
-        if "turns_checked" in report:
-            check = f"{report['turns_identical']}/{report['turns_checked']} turns identical"
-        else:
-            check = f"chi2 p = {report['p_value']:.3f} ({report['samples']} samples)"
-        rows.append({"method": config["method"], "task": config["task"], "temperature": float(config["temperature"]),
-                     "check": check, "result": "pass" if report["passed"] else "FAIL"})  # fmt: skip
+        config = document["provenance"]["config"]
+        for method, report in document["reports"].items():
+            if "turns_checked" in report:
+                check = f"{report['turns_identical']}/{report['turns_checked']} turns identical"
+            else:
+                check = f"chi2 p = {report['p_value']:.3f} ({report['samples']} samples)"
+            rows.append({"method": method, "task": config["task"], "temperature": float(config["temperature"]),
+                         "check": check, "result": "pass" if report["passed"] else "FAIL"})  # fmt: skip
     return pd.DataFrame(rows).sort_values(["temperature", "method", "task"]).set_index(["temperature", "method", "task"])
 
 
@@ -141,22 +174,25 @@ def _solution(reference) -> str:
     return reference[0] if isinstance(reference, list | tuple) else reference
 
 
+PUBLISHED_METRICS = {"tokens_per_s": "tok/s", "speedup": "speedup", "extra_tokens_per_step": "extra"}
+
+
 def published_table(stats: pd.DataFrame, published: Path, target: str) -> pd.DataFrame:
-    """The paper's cells beside ours: cell by cell with the difference for the paper's own targets,
-    otherwise the paper's numbers (per published target) next to ours, each column naming its target."""
+    """The paper's cells beside ours, in two-level columns (source, metric): cell by cell with the
+    difference for the paper's own targets, otherwise the paper's numbers per published target next to ours."""
     paper = pd.read_csv(published).astype({"temperature": float})
     ours = stats[stats["method"].isin(paper["method"]) & stats["task"].isin(paper["task"])].set_index(["temperature", "method", "task"])
     keys = ["temperature", "method", "task"]
-    metrics = ["tokens_per_s", "speedup", "extra_tokens_per_step"]
+    metrics = list(PUBLISHED_METRICS)
     if target in set(paper["target"]):
         mine = paper[paper["target"] == target].set_index(keys)[metrics]
-        table = mine.join(ours[metrics].add_suffix(" (ours)"), how="left")
-        for metric in metrics:
-            table[f"{metric} diff"] = table[f"{metric} (ours)"] - table[metric]
-        return table.round(2)
-    columns = {f"{metric} [{name}, paper]": group.set_index(keys)[metric] for name, group in paper.groupby("target") for metric in metrics}
-    columns |= {f"{metric} [{target}, ours]": ours[metric] for metric in metrics if metric in ours}
-    return pd.DataFrame(columns).round(2)
+        columns = {"paper": mine, "ours": ours[metrics].reindex(mine.index)}
+        columns["diff"] = columns["ours"] - columns["paper"]
+    else:
+        columns = {f"{name} (paper)": group.set_index(keys)[metrics] for name, group in paper.groupby("target")}
+        columns[f"{target} (ours)"] = ours[[m for m in metrics if m in ours]]
+    table = pd.concat(columns, axis=1).rename(columns=PUBLISHED_METRICS, level=1)
+    return table.rename(index=_task_label, level="task").round(2)
 
 
 def _read_json(path: Path) -> dict:
@@ -179,7 +215,8 @@ def build_tables(
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
     frame = read_bench(bench)
     stats = summary(frame, baseline)
-    tables = {"speed": speed_table(stats), "tau": tau_table(stats), "depth": depth_table(stats), "time_split": time_split_table(stats)}
+    tables = {**speedup_tables(stats), "speedup_ci": speedup_ci_table(stats), "throughput": throughput_table(stats),
+              "depth": depth_table(stats), "time_split": time_split_table(stats)}  # fmt: skip
     if lossless:
         tables["lossless"] = lossless_table(lossless)
     if heads:
@@ -195,7 +232,12 @@ def build_tables(
 
 
 def _latex_text(text: str) -> str:
-    return text.replace("%", r"\%").replace("τ", r"$\tau$").replace("−", "$-$")
+    return _latex_symbols(text.replace("%", r"\%"))
+
+
+def _latex_symbols(text: str) -> str:
+    """Symbols that pdfLaTeX's text mode lacks, as math."""
+    return text.replace("τ", r"$\tau$").replace("−", "$-$").replace("×", r"$\times$")
 
 
 def _labelled(table: pd.DataFrame) -> pd.DataFrame:
@@ -207,8 +249,10 @@ def to_latex(name: str, table: pd.DataFrame) -> str:
     # A cell the run did not fill (say, a task the paper reports and this run skipped) shows a dash.
     body = _labelled(table).style.format(escape="latex", precision=2, na_rep="--")
     body = body.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    latex = body.to_latex(hrules=True, caption=_latex_text(TITLES[name]), label=f"tab:{name}", position="htbp")
-    latex = latex.replace(r"\begin{tabular}", r"\resizebox{\linewidth}{!}{\begin{tabular}").replace(r"\end{tabular}", r"\end{tabular}}")
+    latex = body.to_latex(hrules=True, caption=_latex_text(title(name)), label=f"tab:{name}", position="htbp",
+                          position_float="centering", multicol_align="c")  # fmt: skip
+    # One font size for every table, small enough that the widest (two columns per task) fits the page.
+    latex = _latex_symbols(latex.replace("\\centering\n", "\\centering\n\\footnotesize\n", 1))
     return f"% {name}: regenerated by clover2 report from raw run records; do not edit\n{latex}"
 
 
@@ -220,11 +264,13 @@ def write_tables(tables: dict[str, pd.DataFrame], latex: Path, markdown: Path | 
 
 
 def markdown_text(tables: dict[str, pd.DataFrame]) -> str:
-    return "\n\n".join(f"### {TITLES[name]}\n\n{_markdown(table)}" for name, table in tables.items()) + "\n"
+    return "\n\n".join(f"### {title(name)}\n\n{_markdown(table)}" for name, table in tables.items()) + "\n"
 
 
 def _markdown(table: pd.DataFrame) -> str:
     flat = _labelled(table).reset_index()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = [" ".join(str(part) for part in column if part != "") for column in flat.columns]
     labels = list(range(table.index.nlevels))  # written as labelled, not re-read as numbers by tabulate
     return flat.astype(object).where(flat.notna(), None).to_markdown(
         index=False, floatfmt=".2f", missingval="–", disable_numparse=labels
@@ -232,20 +278,28 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 PAPER_PREAMBLE = r"""\documentclass{article}
-\usepackage[margin=2cm]{geometry}
+\usepackage[a4paper,margin=2cm]{geometry}
 \usepackage{booktabs,multirow,graphicx}
+\pdfinfoomitdate=1 \pdftrailerid{}  %% the same sources give the same PDF, byte for byte
+\setlength{\tabcolsep}{4pt}
 \title{clover2-bench: the Clover-2 paper's tables and figures, regenerated}
 \date{}
 \begin{document}
 \maketitle
 Every table and figure below is regenerated by \texttt{clover2 report} from the raw run records of
-\texttt{%s}; nothing here is typed by hand.
+\texttt{%s}; nothing here is typed by hand. Speedups are ratios of mean tokens per second over
+questions, each method against plain decoding of the same questions, interleaved in the same process;
+$\tau$ is the mean number of tokens accepted per target forward, the bonus token included.
 """
+# Each table's section, in the order of the paper: speed, acceptance, correctness, cost, the paper itself.
+SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split"), "Acceptance": ("depth", "tree_size"),
+            "Losslessness and answer quality": ("lossless", "quality"), "Training": ("training",),
+            "Published and reproduced": ("published",)}  # fmt: skip
 
 
 def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory: Path, source: str) -> Path:
     """paper/: tables/NAME.tex, tables.md (every table, for reading on the web), figures/NAME.{pdf,png}
-    and a main.tex that includes them all."""
+    and a main.tex that includes them all, section by section."""
     from clover2.figures import write_figures
 
     directory = Path(directory)
@@ -254,8 +308,39 @@ def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory:
     atomic_write_text(directory / "tables.md", markdown_text(tables))
     figures = write_figures(stats, directory / "figures", tables.get("tree_size"))
     body = [PAPER_PREAMBLE % source.replace("_", r"\_")]
-    body += [f"\\input{{tables/{name}}}\n" for name in tables]
-    body += [f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{f.name}}}"
+    for section, prefixes in SECTIONS.items():
+        names = [name for name in tables if name.startswith(prefixes)]
+        if names:
+            body += [f"\\section{{{section}}}\n"] + [f"\\input{{tables/{name}}}\n" for name in names]
+    body += ["\\clearpage\n\\section{Figures}\n"]
+    body += [f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=0.8\\linewidth]{{figures/{f.name}}}"
              f"\\caption{{{f.stem.replace('_', ' ')}}}\\end{{figure}}\n" for f in figures]  # fmt: skip
     body.append("\\end{document}\n")
     return atomic_write_text(directory / "main.tex", "\n".join(body))
+
+
+# What a clean build's log must not hold: a LaTeX error, a missing file (a figure), an undefined
+# reference, or a table or line wider than the page (more than a hair: 1 pt).
+LOG_PROBLEMS = re.compile(
+    r"^! .*|^LaTeX Warning: (?:Reference|Citation) .* undefined.*|^LaTeX Warning: File .* not found.*"
+    r"|^Overfull \\hbox \((?:[1-9]\d*\.\d+|[1-9]\d*)pt too wide\).*",
+    re.MULTILINE,
+)
+
+
+def compile_pdf(directory: Path) -> Path:
+    """Build DIR/main.pdf from DIR/main.tex with latexmk (pdfLaTeX) and check the log; the build's own
+    files stay in a scratch directory, and the PDF appears atomically."""
+    directory = Path(directory).resolve()
+    if shutil.which("latexmk") is None:
+        raise Clover2Error("latexmk not found: install TeX Live (apt-get install texlive-latex-recommended texlive-latex-extra latexmk)")
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "FORCE_SOURCE_DATE": "1"}
+        command = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={scratch}", "main.tex"]
+        result = subprocess.run(command, cwd=directory, capture_output=True, text=True, env=env)
+        log = Path(scratch, "main.log").read_text(encoding="utf-8", errors="replace") if Path(scratch, "main.log").is_file() else ""
+        problems = LOG_PROBLEMS.findall(log)
+        if result.returncode != 0 or problems:
+            detail = "\n  ".join(problems) or (result.stdout + result.stderr)[-2000:]
+            raise Clover2Error(f"{directory / 'main.tex'}: the PDF build failed or is not clean:\n  {detail}")
+        return atomic_write_bytes(directory / "main.pdf", Path(scratch, "main.pdf").read_bytes())

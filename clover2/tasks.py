@@ -294,6 +294,14 @@ SOURCES: dict[str, _Source] = {
 }
 
 
+def anchor_mirror(base: Path) -> None:
+    """Make a relative `CLOVER2_DATA_MIRROR` absolute against `base`, the directory it was given in,
+    so that every job and test that runs in another directory still finds it."""
+    mirror = os.environ.get("CLOVER2_DATA_MIRROR")
+    if mirror and not Path(mirror).is_absolute():
+        os.environ["CLOVER2_DATA_MIRROR"] = str((Path(base) / mirror).resolve())
+
+
 def data_file(relative: str) -> Path:
     """A data file from the mirror when `CLOVER2_DATA_MIRROR` is set, otherwise from the cache, fetched once."""
     mirror = os.environ.get("CLOVER2_DATA_MIRROR")

@@ -33,6 +33,9 @@ def check_config(config: dict) -> None:
         for task in (config.get(section) or {}).get("tasks", []):
             if task not in task_names():
                 raise Clover2Error(f"config key '{section}.tasks': unknown task {task!r}; known: {', '.join(task_names())}")
+    for task in config["bench"].get("task_max_new_tokens") or {}:
+        if task not in config["bench"]["tasks"]:
+            raise Clover2Error(f"config key 'bench.task_max_new_tokens': {task!r} is not one of 'bench.tasks'")
     if config.get("sweep"):
         _check_sweep(config["sweep"], config["methods"])
 
@@ -78,44 +81,87 @@ def head_of(config: dict, method: str) -> str | None:
     return (config["methods"][method] or {}).get("head")
 
 
-def _runs(config: dict, section: str, leaves: list[str]) -> list[str]:
-    """results/<target>/<section>/<method>/<task>/T<temperature>/<leaf> for every combination the config asks for."""
-    root, settings = f"results/{config['target']['name']}/{section}", config[section]
+def _root(config: dict) -> str:
+    return f"results/{config['target']['name']}"
+
+
+def head_dir(config: dict, head: str) -> str:
+    return f"{_root(config)}/heads/{head}"
+
+
+def method_heads(config: dict, methods: list[str]) -> dict[str, str]:
+    """method -> its head directory, for the `methods` that draft with a trained head."""
+    return {m: head_dir(config, head_of(config, m)) for m in methods if head_of(config, m)}
+
+
+def method_flags(config: dict, methods: list[str]) -> str:
+    """`--method M` for each method and `--head M=DIR` for each one that drafts with a trained head."""
+    heads = method_heads(config, methods)
+    return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items())])
+
+
+def bench_questions(config: dict, temperature: str | float) -> int:
+    """Questions per task at a temperature: `sampled_questions` (default: all of them) at T > 0."""
+    bench = config["bench"]
+    return bench["questions"] if float(temperature) == 0 else bench.get("sampled_questions", bench["questions"])
+
+
+def max_new_tokens(config: dict, task: str) -> int:
+    """A turn's token budget on `task`: `max_new_tokens`, or the task's own in `task_max_new_tokens`."""
+    bench = config["bench"]
+    return (bench.get("task_max_new_tokens") or {}).get(task, bench["max_new_tokens"])
+
+
+def _runs(config: dict, section: str, suffix: str) -> list[str]:
+    """results/<target>/<section>/<task>/T<temperature><suffix>: one job per task and temperature."""
+    settings = config[section]
     return [
-        f"{root}/{method}/{task}/T{temperature_label(t)}{leaf}"
-        for method in config["methods"]
+        f"{_root(config)}/{section}/{task}/T{temperature_label(t)}{suffix}"
         for task in settings["tasks"]
         for t in settings["temperatures"]
-        for leaf in leaves
     ]
 
 
 def bench_files(config: dict) -> list[str]:
-    return _runs(config, "bench", [f"/r{repeat}.jsonl" for repeat in range(config["bench"]["repeats"])])
+    return _runs(config, "bench", ".jsonl")
 
 
 def lossless_files(config: dict) -> list[str]:
-    return _runs(config, "lossless", [".json"])
+    return _runs(config, "lossless", ".json")
 
 
 def sweep_files(config: dict) -> list[str]:
-    """results/<target>/sweep/<method>/<option>/<value>/<task>.jsonl; none without a 'sweep' section."""
+    """results/<target>/sweep/<method>/<option>/<value>.jsonl (every sweep task); none without a 'sweep' section."""
     sweep = config.get("sweep")
     if not sweep:
         return []
-    root = f"results/{config['target']['name']}/sweep/{sweep['method']}/{sweep['option']}"
-    return [f"{root}/{value}/{task}.jsonl" for value in sweep["values"] for task in sweep["tasks"]]
+    return [f"{_root(config)}/sweep/{sweep['method']}/{sweep['option']}/{value}.jsonl" for value in sweep["values"]]
+
+
+def sweep_questions(config: dict) -> int:
+    return (config.get("sweep") or {}).get("questions", config["bench"]["questions"])
+
+
+def question_tasks(config: dict) -> list[str]:
+    sweep_tasks = (config.get("sweep") or {}).get("tasks", [])
+    return sorted({*config["bench"]["tasks"], *config["lossless"]["tasks"], *sweep_tasks})
+
+
+def question_count(config: dict) -> int:
+    """The questions each task's file holds: as many as the largest stage reads (each reads the first N)."""
+    return max(config["bench"]["questions"], config["lossless"]["questions"], sweep_questions(config))
+
+
+def question_file(task: str) -> str:
+    return f"results/questions/{task}.jsonl"
 
 
 def question_files(config: dict) -> list[str]:
-    bench, lossless = config["bench"], config["lossless"]
-    sweep_tasks = (config.get("sweep") or {}).get("tasks", [])
-    files = [f"results/questions/{task}.{bench['questions']}.jsonl" for task in [*bench["tasks"], *sweep_tasks]]
-    return sorted(set(files + [f"results/questions/{task}.{lossless['questions']}.jsonl" for task in lossless["tasks"]]))
+    return [question_file(task) for task in question_tasks(config)]
 
 
 def head_dirs(config: dict) -> list[str]:
-    return [f"results/{config['target']['name']}/heads/{head}" for head in config["heads"]]
+    return [head_dir(config, head) for head in config["heads"]]
 
 
 def stage_times(roots: list[Path]) -> pd.DataFrame:

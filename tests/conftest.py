@@ -9,6 +9,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 _MIRROR = _ROOT.parent / "shared" / "data"
 if "CLOVER2_DATA_MIRROR" not in os.environ and _MIRROR.is_dir():
     os.environ["CLOVER2_DATA_MIRROR"] = str(_MIRROR)
+from clover2.tasks import anchor_mirror  # noqa: E402
+
+anchor_mirror(Path.cwd())  # the README's relative mirror, before any test runs elsewhere
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

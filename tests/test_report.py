@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clover2.report import build_tables, published_table, write_paper, write_tables
+from clover2.errors import Clover2Error
+from clover2.report import build_tables, compile_pdf, published_table, write_paper, write_tables
 from clover2.tasks import load_questions, write_questions
 from test_metrics import _file, _row, _turn
 
@@ -27,31 +28,42 @@ def records(tmp_path):
 
 def test_every_table_renders_as_booktabs_and_markdown(records, tmp_path):
     tables, stats = build_tables(records)
-    assert set(tables) == {"speed", "tau", "depth", "time_split"}
+    assert set(tables) == {"speedup_T0", "speedup_ci", "throughput", "depth", "time_split"}
     assert set(stats["method"]) == {"vanilla", "clover2", "eagle"}
     write_tables(tables, tmp_path / "t.tex", tmp_path / "t.md")
     latex = (tmp_path / "t.tex").read_text()
-    assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 4
-    assert r"mt\_bench" in latex and "mt_bench" not in latex.replace(r"mt\_bench", "")  # underscores escaped
-    assert "τ" not in latex and r"$\tau$" in latex
-    assert "| clover2" in (tmp_path / "t.md").read_text()
+    assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == latex.count(r"\footnotesize") == 5
+    assert r"\resizebox" not in latex  # one font size, nothing scaled
+    assert "τ" not in latex and "×" not in latex and r"$\tau$" in latex and r"$\times$" in latex
+    assert r"\multicolumn{2}{c}{MT-Bench}" in latex  # two columns per task: the speedup and τ
+    markdown = (tmp_path / "t.md").read_text()
+    assert "| clover2" in markdown and "MT-Bench ×" in markdown
+
+
+def test_the_main_table_gives_each_method_speedup_and_tau_per_task_in_the_papers_task_order(records):
+    tables, stats = build_tables(records)
+    main = tables["speedup_T0"]
+    assert list(main.index) == ["clover2", "eagle"]  # the baseline has no speedup to show
+    assert list(main.columns) == [("MT-Bench", "×"), ("MT-Bench", "τ"), ("QA", "×"), ("QA", "τ")]
+    row = stats.set_index(["method", "task"]).loc[("eagle", "qa")]
+    assert main.loc["eagle", ("QA", "τ")] == row["tau"] and main.loc["eagle", ("QA", "×")] == row["speedup"]
 
 
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
 def test_published_numbers_sit_beside_ours_naming_both_targets(records):
     _, stats = build_tables(records)
     table = published_table(stats, PUBLISHED, "smollm2-135m-instruct")
-    assert "speedup [vicuna-7b-v1.5, paper]" in table.columns and "speedup [smollm2-135m-instruct, ours]" in table.columns
-    assert table.loc[(0.0, "clover2", "mt_bench"), "speedup [vicuna-7b-v1.5, paper]"] == 3.0
+    assert ("vicuna-7b-v1.5 (paper)", "speedup") in table.columns and ("smollm2-135m-instruct (ours)", "speedup") in table.columns
+    assert table.loc[(0.0, "clover2", "MT-Bench"), ("vicuna-7b-v1.5 (paper)", "speedup")] == 3.0
 
 
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
 def test_for_a_paper_target_cells_are_compared_one_by_one(records):
     _, stats = build_tables(records)
     table = published_table(stats, PUBLISHED, "vicuna-7b-v1.5")
-    row = table.loc[(0.0, "clover2", "mt_bench")]
-    assert row["speedup diff"] == pytest.approx(round(row["speedup (ours)"] - 3.0, 2), abs=0.011)
-    assert pd.isna(table.loc[(0.0, "clover2", "rag"), "speedup (ours)"])  # not run here: shown as missing
+    row = table.loc[(0.0, "clover2", "MT-Bench")]
+    assert row[("diff", "speedup")] == pytest.approx(round(row[("ours", "speedup")] - 3.0, 2), abs=0.011)
+    assert pd.isna(table.loc[(0.0, "clover2", "RAG"), ("ours", "speedup")])  # not run here: shown as missing
 
 
 def test_quality_is_scored_from_the_answers_with_the_question_files(tmp_path):
@@ -106,3 +118,28 @@ def test_cells_this_run_left_empty_show_a_dash_and_temperatures_read_as_written(
     assert "nan" not in latex and "nan" not in markdown  # rag was not run here
     assert " -- " in latex and " – " in markdown
     assert "0.000000" not in latex and "{*}{0}" in latex
+
+
+@pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
+def test_the_paper_compiles_cleanly_with_every_table_on_the_page(records, tmp_path):
+    tables, stats = build_tables(records, published=PUBLISHED, target="smollm2-135m-instruct")
+    write_paper(tables, stats, tmp_path / "paper", "unit_test")
+    pdf = compile_pdf(tmp_path / "paper")
+    assert pdf.read_bytes().startswith(b"%PDF") and sorted(p.name for p in (tmp_path / "paper").iterdir()) == [
+        "figures", "main.pdf", "main.tex", "tables", "tables.md"]  # fmt: skip  (latexmk's files stay out)
+    first = pdf.read_bytes()
+    assert compile_pdf(tmp_path / "paper").read_bytes() == first  # reproducible: no date, no random id
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [("\\includegraphics{figures/missing.pdf}", "missing.pdf"), ("\\ref{tab:nowhere}", "undefined"),
+     ("\\begin{tabular}{l}", "")],  # fmt: skip
+)
+def test_a_paper_with_an_error_a_missing_figure_or_a_dangling_reference_fails(records, tmp_path, damage, problem):
+    tables, stats = build_tables(records)
+    main = write_paper(tables, stats, tmp_path / "paper", "unit_test")
+    main.write_text(main.read_text().replace("\\end{document}", damage + "\n\\end{document}"))
+    with pytest.raises(Clover2Error, match=f"not clean[\\s\\S]*{problem}"):
+        compile_pdf(tmp_path / "paper")
+    assert not (tmp_path / "paper" / "main.pdf").exists()

@@ -129,29 +129,32 @@ def smollm2(smollm2_dir):
     return load_target(smollm2_dir)
 
 
-@pytest.mark.parametrize("method", ["prompt-lookup", "prompt-lookup-tree", "self-tree"])
-def test_greedy_speculative_equals_plain_on_smollm2_multi_turn(smollm2, method):
+def test_greedy_speculative_equals_plain_on_smollm2_multi_turn(smollm2):
     questions = load_questions("mt_bench", limit=2) + load_questions("summarization", limit=1)
-    report = check_greedy(smollm2, METHODS[method](smollm2.model), questions, DecodeConfig(max_new_tokens=40))
-    assert report.turns_checked == 5
-    assert report.passed, report.mismatches
+    runs = [(method, METHODS[method](smollm2.model)) for method in ["prompt-lookup", "prompt-lookup-tree", "self-tree"]]
+    reports = check_greedy(smollm2, runs, questions, DecodeConfig(max_new_tokens=40))
+    assert list(reports) == [name for name, _ in runs]
+    for report in reports.values():
+        assert report.turns_checked == 5
+        assert report.passed, report.mismatches
 
 
 def test_greedy_checker_names_the_mismatch_of_a_broken_rule(smollm2):
     broken = partial(generate, drafter=FixedChain([11, 12, 13]), acceptance=_accept_everything)
     questions = load_questions("qa", limit=2)
-    report = check_greedy(smollm2, broken, questions, DecodeConfig(max_new_tokens=16))
-    assert not report.passed and report.turns_identical == 0
+    reports = check_greedy(smollm2, [("vanilla", generate), ("broken", broken)], questions, DecodeConfig(max_new_tokens=16))
+    report = reports["broken"]
+    assert reports["vanilla"].passed and not report.passed and report.turns_identical == 0
     first = report.mismatches[0]
     assert (first.question_id, first.turn, first.position) == (questions[0].question_id, 0, 1)
     assert first.method.startswith(smollm2.tokenizer.decode([11, 12, 13]))
     assert first.plain and first.plain != first.method
 
 
-@pytest.mark.parametrize("method", ["clover2", "clover", "eagle", "eagle2", "medusa"])
-def test_every_head_drafts_losslessly_on_smollm2(smollm2, method):
+def test_every_head_drafts_losslessly_on_smollm2(smollm2):
     torch.manual_seed(0)
-    head = head_class(method)(smollm2.model).eval()  # untrained: its drafts are poor, the output must not change
-    decode = partial(generate, drafter=head.drafter())
-    report = check_greedy(smollm2, decode, load_questions("qa", limit=1), DecodeConfig(max_new_tokens=24))
-    assert report.passed, report.mismatches
+    # Untrained heads: their drafts are poor, the output must not change.
+    methods = ["clover2", "clover", "eagle", "eagle2", "medusa"]
+    runs = [(m, partial(generate, drafter=head_class(m)(smollm2.model).eval().drafter())) for m in methods]
+    reports = check_greedy(smollm2, runs, load_questions("qa", limit=1), DecodeConfig(max_new_tokens=24))
+    assert all(report.passed for report in reports.values()), {m: r.mismatches for m, r in reports.items()}

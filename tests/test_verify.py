@@ -111,7 +111,7 @@ PROMPT = [1, 5, 9, 33, 7]
 
 def test_check_sampling_passes_the_lossless_rule(peaked_target):
     decode = partial(generate, drafter=GreedySelfProposals(peaked_target.model))
-    report = check_sampling(peaked_target, decode, PROMPT, temperature=1.0, samples=1500, tokens=3)
+    report = check_sampling(peaked_target, [("self", decode)], PROMPT, temperature=1.0, samples=1500, tokens=3)["self"]
     assert report.outcomes > 3 and report.dof >= 2
     assert report.passed, report
 
@@ -119,5 +119,5 @@ def test_check_sampling_passes_the_lossless_rule(peaked_target):
 def test_check_sampling_fails_a_broken_rule(peaked_target, monkeypatch):
     monkeypatch.setattr(verify, "_residual", lambda p, q, rejected: p)
     decode = partial(generate, drafter=GreedySelfProposals(peaked_target.model))
-    report = check_sampling(peaked_target, decode, PROMPT, temperature=1.0, samples=1500, tokens=3)
+    report = check_sampling(peaked_target, [("broken", decode)], PROMPT, temperature=1.0, samples=1500, tokens=3)["broken"]
     assert not report.passed and report.p_value < 1e-4

@@ -34,13 +34,35 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
     result = _snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/config" / f"{name}.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     config = _config(name)
-    bench = config["bench"]
+    bench, lossless = config["bench"], config["lossless"]
     counts = _job_counts(result.stdout)
-    assert counts["bench"] == len(config["methods"]) * len(bench["tasks"]) * len(bench["temperatures"]) * bench["repeats"]
-    assert counts["train"] == len(config["heads"]) and counts["target"] == counts["report"] == counts["all"] == 1
-    assert counts["lossless"] == len(config["methods"]) * len(config["lossless"]["tasks"]) * len(config["lossless"]["temperatures"])
-    sweep = config.get("sweep") or {"values": [], "tasks": []}
-    assert counts.get("sweep", 0) == len(sweep["values"]) * len(sweep["tasks"])
+    # One job per task and temperature decodes every method; one job writes every question file.
+    assert counts["bench"] == len(bench["tasks"]) * len(bench["temperatures"])
+    assert counts["lossless"] == len(lossless["tasks"]) * len(lossless["temperatures"])
+    assert counts["train"] == len(config["heads"])
+    assert counts["target"] == counts["questions"] == counts["report"] == counts["all"] == 1
+    assert counts.get("sweep", 0) == len((config.get("sweep") or {"values": []})["values"])
+
+
+def test_the_default_dag_has_at_most_40_jobs(tmp_path):
+    result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sum(_job_counts(result.stdout).values()) <= 40
+
+
+def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path):
+    # The README exports CLOVER2_DATA_MIRROR=../shared/data from the clone; Snakemake then works in
+    # another directory (--directory), where that relative path would point nowhere.
+    mirror = Path(os.environ["CLOVER2_DATA_MIRROR"])
+    relative = os.path.relpath(mirror, ROOT)
+    env = {**os.environ, "CLOVER2_DATA_MIRROR": relative, "PWD": str(ROOT)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    config = ROOT / "workflow/config/smoke.yaml"
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+               "--cores", "1", "--configfile", str(config), "results/questions/gsm8k.jsonl"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, (result.stderr + (tmp_path / "results/logs/questions.log").read_text())[-2000:]
+    assert len((tmp_path / "results/questions/gsm8k.jsonl").read_text().splitlines()) == _config("smoke")["bench"]["questions"]
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -58,7 +80,7 @@ def _job_counts(stdout: str) -> dict[str, int]:
 def test_the_default_config_is_used_without_a_configfile(tmp_path):
     result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "results/smollm2-135m-instruct/bench/clover2/mt_bench/T0/r2.jsonl" in result.stdout
+    assert "results/smollm2-135m-instruct/bench/mt_bench/T0.jsonl" in result.stdout
 
 
 BAD = {
@@ -68,6 +90,7 @@ BAD = {
     "missing target": ({"target": None}, "target"),
     "head of another method": ({"methods": {"clover2": {"head": "medusa"}}}, "methods.clover2.head"),
     "misspelt key": ({"bench": {"repeat": 3}}, "repeat"),
+    "token budget of a task not benched": ({"bench": {"task_max_new_tokens": {"qa": 64}}}, "bench.task_max_new_tokens"),
     "sweep over a training option": ({"sweep": {"option": "noise"}}, "sweep.option"),
     "sweep of a method without a head": ({"sweep": {"method": "vanilla"}}, "sweep.method"),
     "sweep value unfit for a path": ({"sweep": {"values": ["a/b"]}}, "values"),
@@ -132,18 +155,21 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = _config("smoke")
     root = tmp_path / "results" / config["target"]["name"]
-    bench = sorted(root.glob("bench/*/*/T*/r*.jsonl"))
-    assert len(bench) == len(config["methods"]) * 2 * 2
+    bench = sorted(root.glob("bench/*/T*.jsonl"))
+    assert len(bench) == len(config["bench"]["tasks"]) * 2
     for path in bench:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        assert {row["method"] for row in rows} == {path.parts[-4], "vanilla"}
-    reports = sorted(root.glob("lossless/*/*/T*.json"))
-    assert len(reports) == len(config["methods"]) * 2
-    assert all(json.loads(path.read_text())["report"]["passed"] for path in reports if "T0" in path.name)
+        assert {row["method"] for row in rows} == {*config["methods"], "vanilla"}
+        questions = config["bench"]["questions"] if path.name == "T0.jsonl" else config["bench"]["sampled_questions"]
+        assert len(rows) == questions * (len(config["methods"]) + 1)  # one plain run per question
+    reports = sorted(root.glob("lossless/*/T*.json"))
+    assert len(reports) == 2
+    greedy = json.loads((root / "lossless/humaneval/T0.json").read_text())["reports"]
+    assert set(greedy) == set(config["methods"]) and all(report["passed"] for report in greedy.values())
     heads = [root / "heads" / head for head in config["heads"]]
     assert all((head / "head.safetensors").is_file() for head in heads)
     tables, _ = build_tables(bench, reports, heads)
-    assert set(config["methods"]) <= {method for _, method in tables["tau"].index}
+    assert set(config["methods"]) <= set(tables["speedup_T0"].index)
     latex = (tmp_path / "results" / "tables.tex").read_text()
     assert latex.count(r"\begin{table}") >= len(tables) and r"\toprule" in latex
     assert "quality" in latex and (tmp_path / "paper" / "main.tex").is_file()

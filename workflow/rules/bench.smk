@@ -1,78 +1,83 @@
-# Decoding. A bench job runs one method and the baseline interleaved on the same questions, so each
-# speedup is a ratio measured in one process, on one device with one thread count; warm-up runs are
-# excluded. A losslessness job compares a method with plain decoding (T = 0: token for token;
-# T > 0: a chi-squared test) and records a failure in its report instead of stopping the workflow.
+# Decoding. A bench job decodes one task's questions at one temperature with every method and, once
+# per question, the plain baseline, interleaved in one process (the order rotates from question to
+# question): every speedup is a ratio measured in one process, on one device with one thread count,
+# and the start-up (loading the target and every head, warming up) is paid once per job. Warm-up runs
+# are excluded. An interrupted job resumes from its partial records. A losslessness job compares every
+# method with plain decoding, decoded once (T = 0: token for token; T > 0: a chi-squared test per
+# method) and records a failure in its report instead of stopping the workflow.
 
-
-def head_input(wildcards):
-    head = wf.head_of(config, wildcards.method)
-    return {"head": f"{TARGET}/heads/{head}"} if head else {}
-
-
-def head_flag(wildcards, input):
-    return f"--head {input.head}" if "head" in input.keys() else ""
+METHODS = list(config["methods"])
+METHOD_HEADS = sorted(set(wf.method_heads(config, METHODS).values()))
 
 
 rule bench:
     input:
-        unpack(head_input),
+        heads=METHOD_HEADS,
         target=f"{TARGET}/target",
-        questions=f"results/questions/{{task}}.{config['bench']['questions']}.jsonl",
+        questions=wf.question_file("{task}"),
     output:
-        f"{TARGET}/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.jsonl",
+        f"{TARGET}/bench/{{task}}/T{{temperature}}.jsonl",
     params:
-        head=head_flag,
-        run=lambda w: f"--temperature {w.temperature} --repeat {w.repeat} --seed {w.repeat} --baseline {config['baseline']}",
+        methods=wf.method_flags(config, METHODS),
+        run=lambda w: f"--temperature {w.temperature} --limit {wf.bench_questions(config, w.temperature)} "
+        f"--max-new-tokens {wf.max_new_tokens(config, w.task)} --baseline {config['baseline']}",
         bench=config["bench"],
     threads: config["threads"]
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,
     log:
-        f"{TARGET}/logs/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.log",
+        f"{TARGET}/logs/bench/{{task}}/T{{temperature}}.log",
     benchmark:
-        f"{TARGET}/benchmarks/bench/{{method}}/{{task}}/T{{temperature}}/r{{repeat}}.tsv",
+        f"{TARGET}/benchmarks/bench/{{task}}/T{{temperature}}.tsv",
     shell:
-        "clover2 bench --target {input.target} --method {wildcards.method} {params.head} {params.run} "
-        "--questions {input.questions} --max-new-tokens {params.bench[max_new_tokens]} "
+        "clover2 bench --target {input.target} {params.methods} {params.run} --questions {input.questions} "
         "--max-length {params.bench[max_length]} --warmup {params.bench[warmup]} --threads {threads} "
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1"
 
 
 rule lossless:
     input:
-        unpack(head_input),
+        heads=METHOD_HEADS,
         target=f"{TARGET}/target",
-        questions=f"results/questions/{{task}}.{config['lossless']['questions']}.jsonl",
+        questions=wf.question_file("{task}"),
     output:
-        f"{TARGET}/lossless/{{method}}/{{task}}/T{{temperature}}.json",
+        f"{TARGET}/lossless/{{task}}/T{{temperature}}.json",
     params:
-        head=head_flag,
+        methods=wf.method_flags(config, METHODS),
         check=config["lossless"],
     threads: config["threads"]
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,
     log:
-        f"{TARGET}/logs/lossless/{{method}}/{{task}}/T{{temperature}}.log",
+        f"{TARGET}/logs/lossless/{{task}}/T{{temperature}}.log",
     benchmark:
-        f"{TARGET}/benchmarks/lossless/{{method}}/{{task}}/T{{temperature}}.tsv",
+        f"{TARGET}/benchmarks/lossless/{{task}}/T{{temperature}}.tsv",
     shell:
         # Exit status 1 means "checked, not lossless": the report exists and the tables show it.
-        "clover2 check-lossless --target {input.target} --method {wildcards.method} {params.head} "
-        "--questions {input.questions} --temperature {wildcards.temperature} "
+        "clover2 check-lossless --target {input.target} {params.methods} --questions {input.questions} "
+        "--limit {params.check[questions]} --temperature {wildcards.temperature} "
         "--max-new-tokens {params.check[max_new_tokens]} --samples {params.check[samples]} --threads {threads} "
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1 || [ $? -eq 1 ]"
 
 
-# The tree-size sweep: one trained method decoded with each value of one drafting option (T = 0, no
-# baseline: only τ is plotted), otherwise exactly a bench job.
+# The tree-size sweep: one trained method decoded with one value of one drafting option on every sweep
+# task (T = 0, no baseline: only τ is plotted), otherwise exactly a bench job.
+SWEEP = config.get("sweep") or {"method": METHODS[0], "tasks": []}
+
+
 use rule bench as sweep with:
+    input:
+        heads=sorted(wf.method_heads(config, [SWEEP["method"]]).values()),
+        target=f"{TARGET}/target",
+        questions=[wf.question_file(task) for task in SWEEP["tasks"]],
     output:
-        f"{TARGET}/sweep/{{method}}/{{option}}/{{value}}/{{task}}.jsonl",
+        f"{TARGET}/sweep/{{method}}/{{option}}/{{value}}.jsonl",
     params:
-        head=head_flag,
-        run=lambda w: f"--draft-option {w.option}={w.value} --temperature 0",
+        methods=lambda w: wf.method_flags(config, [w.method]),
+        run=lambda w: f"--draft-option {w.option}={w.value} --temperature 0 --limit {wf.sweep_questions(config)} "
+        f"--max-new-tokens {config['bench']['max_new_tokens']}",
         bench=config["bench"],
     log:
-        f"{TARGET}/logs/sweep/{{method}}/{{option}}/{{value}}/{{task}}.log",
+        f"{TARGET}/logs/sweep/{{method}}/{{option}}/{{value}}.log",
     benchmark:
-        f"{TARGET}/benchmarks/sweep/{{method}}/{{option}}/{{value}}/{{task}}.tsv",
+        f"{TARGET}/benchmarks/sweep/{{method}}/{{option}}/{{value}}.tsv",

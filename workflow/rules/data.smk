@@ -1,12 +1,16 @@
-# The questions each task contributes, fixed in a file so that every job reads the same ones.
+# The questions each task contributes, fixed in files by one job so that every job reads the same
+# ones; each stage reads the first N of a file.
 
 
 rule questions:
     output:
-        "results/questions/{task}.{n}.jsonl",
+        wf.question_files(config),
+    params:
+        tasks=" ".join(wf.question_tasks(config)),
+        limit=wf.question_count(config),
     log:
-        "results/logs/questions/{task}.{n}.log",
+        "results/logs/questions.log",
     benchmark:
-        "results/benchmarks/questions/{task}.{n}.tsv",
+        "results/benchmarks/questions.tsv",
     shell:
-        "clover2 questions --task {wildcards.task} --limit {wildcards.n} --out {output} > {log} 2>&1"
+        "clover2 questions --task {params.tasks} --limit {params.limit} --out-dir results/questions > {log} 2>&1"

@@ -26,3 +26,18 @@ rule report:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
         "--questions {input.questions} --sweep {input.sweep} {params.published} --target-name {params.target} "
         "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"
+
+
+# The paper as a PDF (TeX Live's latexmk): the build fails on a LaTeX error, a missing figure, an
+# undefined reference or a table wider than the page.
+rule paper_pdf:
+    input:
+        "paper/main.tex",
+    output:
+        "paper/main.pdf",
+    log:
+        "results/logs/paper_pdf.log",
+    benchmark:
+        "results/benchmarks/paper_pdf.tsv",
+    shell:
+        "clover2 paper-pdf paper > {log} 2>&1"
