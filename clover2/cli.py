@@ -265,7 +265,8 @@ def _stage_times(args: argparse.Namespace) -> None:
     from clover2.workflow import stage_times
 
     table = stage_times(args.roots)
-    print(table.to_markdown(floatfmt=".0f"))
+    shown = table.astype(object).where(table.notna(), None)  # a stage without decoding records: no start-up share
+    print(shown.to_markdown(floatfmt=(".0f",) * 6 + (".0%",), missingval="–"))
     print(f"\nall stages: {table['job_seconds'].sum():.0f} job-seconds")
 
 

@@ -5,6 +5,7 @@ and counts; this module checks names against the registries, which the schema ca
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -169,28 +170,42 @@ def stage_times(roots: list[Path]) -> pd.DataFrame:
 
     Job seconds add up the jobs' own wall times; the span runs from the first job's start to the
     last one's end (each file is written as its job ends), so it shows what parallel jobs overlapped.
+    For a job whose output holds decoding records (…/<stage>/….jsonl beside …/benchmarks/), the
+    records' own wall times are its decoding seconds; the rest of the job (starting Python, loading
+    the target and heads, warming up) is its start-up share.
     """
     rows = []
     for path in sorted(p for root in roots for p in Path(root).rglob("*.tsv") if "benchmarks" in p.parent.parts):
-        stage = path.relative_to(_benchmarks_dir(path)).parts[0].removesuffix(".tsv")
+        relative = path.relative_to(_benchmarks_dir(path))
         try:
             measured = pd.read_csv(path, sep="\t")
             seconds, rss = float(measured["s"].iloc[0]), float(measured["max_rss"].iloc[0])
         except (ValueError, KeyError, IndexError) as error:
             raise Clover2Error(f"{path}: not a Snakemake benchmark file ({error!r})") from None
         end = path.stat().st_mtime
-        rows.append({"stage": stage, "seconds": seconds, "start": end - seconds, "end": end, "max_rss_mb": rss})
+        records = (_benchmarks_dir(path).parent / relative).with_suffix(".jsonl")
+        rows.append({"stage": relative.parts[0].removesuffix(".tsv"), "seconds": seconds, "start": end - seconds, "end": end,
+                     "max_rss_mb": rss, "decode_seconds": _decode_seconds(records)})  # fmt: skip
     if not rows:
         raise Clover2Error(f"{', '.join(map(str, roots))}: no Snakemake benchmark files (…/benchmarks/<stage>/….tsv)")
-    jobs = pd.DataFrame(rows).groupby("stage")
+    frame = pd.DataFrame(rows)
+    jobs = frame.assign(recorded_seconds=frame["seconds"].where(frame["decode_seconds"].notna())).groupby("stage")
     table = pd.DataFrame({
         "jobs": jobs.size(),
         "job_seconds": jobs["seconds"].sum(),
         "median_job_seconds": jobs["seconds"].median(),
         "span_seconds": jobs["end"].max() - jobs["start"].min(),
         "max_rss_mb": jobs["max_rss_mb"].max(),
+        "startup_share": 1 - jobs["decode_seconds"].sum(min_count=1) / jobs["recorded_seconds"].sum(min_count=1),
     })  # fmt: skip
     return table.sort_values("span_seconds", ascending=False)
+
+
+def _decode_seconds(records: Path) -> float:
+    """Σ wall seconds of the decoded turns in a bench file; NaN when the job wrote none."""
+    if not records.is_file():
+        return float("nan")
+    return float(sum(turn["wall_seconds"] for line in records.read_text(encoding="utf-8").splitlines() for turn in json.loads(line)["turns"]))
 
 
 def _benchmarks_dir(path: Path) -> Path:

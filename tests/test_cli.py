@@ -91,3 +91,22 @@ def test_prepare_target_unknown_name_is_a_one_line_error_and_writes_nothing(tmp_
     assert run.returncode == 2
     assert "unknown target 'no-such-model'" in run.stderr and run.stderr.count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["bench", "check-lossless"])
+def test_help_lists_every_method_name_under_method(verb, capsys, monkeypatch):
+    from clover2.draft_head import head_methods
+    from clover2.methods import METHODS
+
+    monkeypatch.setenv("COLUMNS", "2000")  # argparse would wrap inside hyphenated names
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = capsys.readouterr().out
+    described = text[text.index("--method METHOD ") :]
+    assert all(name in described for name in [*METHODS, *head_methods()])
+
+
+def test_a_head_for_a_method_not_asked_for_is_a_one_line_error(smollm2_dir, tmp_path, capsys):
+    code = main(["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--method", "eagle2",
+                 "--head", "clover2=somewhere", "--task", "qa", "--out", str(tmp_path / "x.jsonl")])  # fmt: skip
+    assert code == 2 and "'clover2' is not one of the --method values" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -142,7 +143,14 @@ def test_stage_times_add_up_each_stage_from_snakemake_benchmark_files(tmp_path):
     table = stage_times([tmp_path])
     assert table.loc["bench", "jobs"] == 2 and table.loc["bench", "job_seconds"] == 40.0
     assert table.loc["bench", "span_seconds"] == 35.0 and table.loc["bench", "max_rss_mb"] == 300
-    assert table.loc["report", "job_seconds"] == 5.0
+    assert table.loc["report", "job_seconds"] == 5.0 and pd.isna(table.loc["report", "startup_share"])
+    assert pd.isna(table.loc["bench", "startup_share"])  # no records beside the benchmark files
+    turn = {"wall_seconds": 9.0}
+    records = [{"turns": [turn, turn]}, {"turns": [turn]}]  # 27 s of job a's 30 s decoded (b wrote no records)
+    (tmp_path / "t/bench").mkdir()
+    (tmp_path / "t/bench/a").mkdir()
+    (tmp_path / "t/bench/a/r0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert stage_times([tmp_path]).loc["bench", "startup_share"] == pytest.approx(3 / 30)
     (tmp_path / "t/benchmarks/bench/a/r0.tsv").write_text("not\ta benchmark\n")
     with pytest.raises(Clover2Error, match="r0.tsv: not a Snakemake benchmark file"):
         stage_times([tmp_path])
@@ -174,5 +182,6 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     assert latex.count(r"\begin{table}") >= len(tables) and r"\toprule" in latex
     assert "quality" in latex and (tmp_path / "paper" / "main.tex").is_file()
     assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 5  # with the tree-size sweep's
-    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 7  # each stage benchmarked
+    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 8  # each stage benchmarked
+    assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
     shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights
