@@ -55,7 +55,7 @@ def speedup_tables(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
         cells = group.set_index(["method", "task"])
         table = pd.DataFrame({(_task_label(task), symbol): cells[metric].xs(task, level="task")
                               for task in _task_order(group["task"]) for symbol, metric in (("×", "speedup"), ("τ", "tau"))})  # fmt: skip
-        table.index.name = None
+        table.index.name = "method"
         tables[f"speedup_T{temperature:g}".replace(".", "p")] = table
     return tables
 
