@@ -48,7 +48,7 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
 def test_the_default_dag_has_at_most_40_jobs(tmp_path):
     result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sum(_job_counts(result.stdout).values()) <= 40
+    assert _job_counts(result.stdout)["total"] <= 40
 
 
 def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path):
@@ -59,10 +59,10 @@ def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path
     env = {**os.environ, "CLOVER2_DATA_MIRROR": relative, "PWD": str(ROOT)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     config = ROOT / "workflow/config/smoke.yaml"
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-               "--cores", "1", "--configfile", str(config), "results/questions/gsm8k.jsonl"]  # fmt: skip
+    command = [sys.executable, "-m", "snakemake", "results/questions/gsm8k.jsonl", "-s", str(ROOT / "Snakefile"),
+               "--directory", str(tmp_path), "--cores", "1", "--configfile", str(config)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, (result.stderr + (tmp_path / "results/logs/questions.log").read_text())[-2000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert len((tmp_path / "results/questions/gsm8k.jsonl").read_text().splitlines()) == _config("smoke")["bench"]["questions"]
 
 
