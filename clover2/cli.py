@@ -84,10 +84,15 @@ def _method_factories(args: argparse.Namespace) -> list:
     return [(name, method_factory(name, heads.get(name), drafting if name in heads else None)) for name in methods]
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    """The command's arguments as a record stores them: JSON values, paths as text."""
+    return json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "func"}, default=str))
+
+
 def _provenance(args: argparse.Namespace, target) -> dict:
     from clover2.provenance import provenance
 
-    settings = json.loads(json.dumps({k: v for k, v in vars(args).items() if k != "func"}, default=str))  # paths as text
+    settings = _settings(args)
     settings["target_identity"] = target.identity
     return provenance(settings, target.model.device, args.seed)
 
@@ -233,8 +238,7 @@ def _kernels_bench(args: argparse.Namespace) -> None:
         print(f"## {part} ({args.dtype}, median ms over {args.repeats}; *_over_kernel > 1: the kernel is faster)")
         print(pd.DataFrame(rows).to_string(index=False))
     if args.out:
-        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items() if key != "func"}
-        document = {**report, "provenance": provenance(settings, device, 0)}
+        document = {**report, "provenance": provenance(_settings(args), device, 0)}
         atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
 
 
