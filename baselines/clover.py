@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
 from clover2.tree import DraftTree
@@ -70,12 +70,21 @@ class AttentionDecoder(nn.Module):
 class CloverHead(DraftHead):
     method = "clover"
 
-    def __init__(self, target: PreTrainedModel, *, heads: int = 3, tree: str = "eagle_mc_sim_7b_63") -> None:
-        super().__init__(target, heads=heads, tree=tree)
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        *,
+        heads: int = 3,
+        tree: str = "eagle_mc_sim_7b_63",
+        draft_vocab: int | None = None,
+        layer_init: str = "random",
+        vocab_ids: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(target, vocab_ids, heads=heads, tree=tree, draft_vocab=draft_vocab, layer_init=layer_init)
         check_heads(self.method, heads)
         self.shape = tree_for_heads(tree, heads)
         decoder, config = target.get_decoder(), target.config
-        self.block = copy_decoder_layer(target, 0)
+        self.block = decoder_layer(target, 0, layer_init)
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.eps = config.rms_norm_eps
         lm_weight = target.get_output_embeddings().weight
@@ -89,8 +98,8 @@ class CloverHead(DraftHead):
         return rms_normalise(self.lm_weight[tokens], self.eps)
 
     def head_logits(self, i: int, state: torch.Tensor) -> torch.Tensor:
-        """Head i's (1-based) logits [..., V] from the AD state h_i [..., H]."""
-        return F.linear(self.mlps[i - 1](state), self.lm_weight)
+        """Head i's (1-based) logits over the draft vocabulary [..., size] from the AD state h_i [..., H]."""
+        return self.vocab.project(self.mlps[i - 1](state))
 
     def augment(
         self, h: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, cache: DynamicCache | None = None
@@ -120,7 +129,7 @@ class CloverHead(DraftHead):
         return states
 
     def logits(self, h: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Every head's teacher-forced logits [B, T, K, V]; head i at t is meant for x_{t+i+1}."""
+        """Every head's teacher-forced logits over the draft vocabulary [B, T, K, size]; head i at t is meant for x_{t+i+1}."""
         states = self.teacher_forced_states(h, input_ids, attention_mask)
         return torch.stack([self.head_logits(i, state) for i, state in enumerate(states, start=1)], dim=-2)
 
@@ -131,7 +140,7 @@ class CloverHead(DraftHead):
             self.head_logits(i, state[where.rows, where.cols])
             for i, (state, where) in enumerate(zip(states, scored), start=1)
         ]
-        return hard_label_loss(logits, scored, [1.0] * len(states))
+        return hard_label_loss(logits, scored, [1.0] * len(states), self.vocab)
 
     def drafter(self) -> CloverDrafter:
         return CloverDrafter(self)
@@ -179,8 +188,8 @@ class CloverDrafter:
 
         def level(nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
             states[nodes] = head.decoder(states[shape.parents[nodes]], head.embed(tokens[nodes].to(device)))
-            return head.head_logits(int(shape.depths[nodes[0]]) + 1, states[nodes])
+            return head.vocab.spread(head.head_logits(int(shape.depths[nodes[0]]) + 1, states[nodes]))
 
-        root_logits = head.head_logits(1, states[0])
+        root_logits = head.vocab.spread(head.head_logits(1, states[0]))
         tokens, _, probs = grow_static_tree(shape, root, root_logits, level, temperature, generator)
         return DraftTree(tokens, shape, torch.zeros(shape.size), probs)

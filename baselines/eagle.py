@@ -6,10 +6,9 @@ cache; the output f̂_{t+1} predicts h_{t+1}, and the target's frozen LM head tu
 for token t + 2. Drafting feeds (predicted feature of the parent, node token) pairs, one layer
 forward per tree depth.
 
-The layer starts as a copy of the target's last decoder layer (its input norm removed), not from
-random weights as in EAGLE: on this suite's small training budgets (a 135M target on a CPU) we
-expect a layer that already computes Llama-like attention over Llama-like features to be the better
-start (not measured here), and the copy costs nothing. W_fc starts from PyTorch's default init.
+The layer starts from random weights, as in EAGLE (its input norm removed); W_fc from PyTorch's
+default init. Option `layer_init: copy` starts it as a copy of the target's last decoder layer
+instead, which measured far worse (README "Head initialisation").
 
 EAGLE-2 at temperature > 0: its children are the drafter's top-k, deterministic given the drafted
 context, and acceptance treats each as a point-mass proposal (`draft_probs` None), which is
@@ -27,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
-from clover2.tree import DraftTree, grow_dynamic_tree, static_tree
+from clover2.tree import DraftTree, grow_dynamic_tree, official_eagle2_settings, static_tree
 
 # EAGLE's feature noise: (U(0,1) - 0.5) * NOISE_SCALE * NOISE_LENGTH / L for a sequence of L tokens.
 NOISE_SCALE, NOISE_LENGTH = 0.2, 512
-TRAINING_DEFAULTS = {"regression_weight": 1.0, "ce_weight": 0.1, "noise": True}
+TRAINING_DEFAULTS = {"regression_weight": 1.0, "ce_weight": 0.1, "noise": True, "draft_vocab": None, "layer_init": "random"}
 
 
 @register
@@ -50,18 +49,14 @@ class EagleHead(DraftHead):
         # The loss settings carry over; the tree settings are each method's own.
         return {key: value for key, value in options.items() if key in cls.defaults}
 
-    def __init__(self, target: PreTrainedModel, **options) -> None:
-        super().__init__(target, **_resolved_options(self.method, self.defaults, options))
-        decoder, lm_head = target.get_decoder(), target.get_output_embeddings()
-        weight = lm_head.weight
+    def __init__(self, target: PreTrainedModel, vocab_ids: torch.Tensor | None = None, **options) -> None:
+        super().__init__(target, vocab_ids, **_resolved_options(self.method, self.defaults, options))
+        weight = target.get_output_embeddings().weight
         self.fc = nn.Linear(2 * self.hidden_size, self.hidden_size, bias=True, device=weight.device, dtype=weight.dtype)
-        self.layer = _draft_layer(target)
-        self.rotary = copy.deepcopy(decoder.rotary_emb)
-        # Shared with the frozen target: buffers (not parameters) so they are neither trained nor saved.
+        self.layer = _draft_layer(target, self.options["layer_init"])
+        self.rotary = copy.deepcopy(target.get_decoder().rotary_emb)
+        # Shared with the frozen target: a buffer (not a parameter) so it is neither trained nor saved.
         self.register_buffer("embed_weight", target.get_input_embeddings().weight.detach(), persistent=False)
-        self.register_buffer("lm_weight", weight.detach(), persistent=False)
-        bias = getattr(lm_head, "bias", None)
-        self.register_buffer("lm_bias", None if bias is None else bias.detach(), persistent=False)
 
     def predict(
         self,
@@ -81,7 +76,8 @@ class EagleHead(DraftHead):
         return run_layers([self.layer], self.rotary, g, positions, mask, cache)
 
     def logits(self, predicted: torch.Tensor) -> torch.Tensor:
-        return F.linear(predicted, self.lm_weight, self.lm_bias)
+        """Full-vocabulary logits of f̂ (-inf outside a draft vocabulary)."""
+        return self.vocab.spread(self.vocab.project(predicted))
 
     def loss(self, batch: TrainBatch) -> HeadLoss:
         """EAGLE's loss: SmoothL1 of f̂_{t+1} against h_{t+1} plus soft-CE against the target's logits at t + 1.
@@ -95,12 +91,12 @@ class EagleHead(DraftHead):
         pair_valid = batch.attention_mask[:, :-1] & batch.attention_mask[:, 1:]
         positions = torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1)
         predicted = self.predict(features, batch.input_ids[:, 1:], positions, _causal_mask(pair_valid))
-        logits = self.logits(predicted)
+        logits = self.vocab.project(predicted)
         # f̂_{t+1}'s logits predict token t + 2; the last pair has no such token in the batch.
         scored = F.pad(batch.loss_mask[:, 2:], (0, 1)) & pair_valid
         regression = smooth_l1(predicted, batch.h[:, 1:], scored)
-        soft_ce = soft_cross_entropy(logits, batch.teacher_logits[:, 1:], scored)
-        top1, top5, counted = topk_hits(logits, batch.teacher_logits[:, 1:], scored)
+        soft_ce = soft_cross_entropy(logits, self.vocab.restrict(batch.teacher_logits[:, 1:]), scored)
+        top1, top5, counted = topk_hits(logits, batch.teacher_logits[:, 1:], scored, self.vocab.ids)
         total = self.options["regression_weight"] * regression + self.options["ce_weight"] * soft_ce
         return HeadLoss(total, {"regression": regression.item(), "soft_ce": soft_ce.item()}, [top1], [top5], [counted])
 
@@ -113,7 +109,8 @@ class Eagle2Head(EagleHead):
     """EAGLE-2: the same head and loss, drafting a dynamic tree."""
 
     method = "eagle2"
-    defaults: ClassVar[dict] = TRAINING_DEFAULTS | {"depth": 5, "top_k": 10, "total_tokens": 60}
+    # The EAGLE-2 paper's total_token 60, depth 5, top_k 10, as its code counts them (tree.official_eagle2_settings).
+    defaults: ClassVar[dict] = TRAINING_DEFAULTS | official_eagle2_settings(depth=5, top_k=10, total_token=60)
     drafting_options: ClassVar[frozenset[str]] = frozenset({"depth", "top_k", "total_tokens"})
 
     def drafter(self) -> FeatureDrafter:
@@ -131,8 +128,8 @@ def _resolved_options(method: str, defaults: dict, options: dict) -> dict:
     return defaults | options
 
 
-def _draft_layer(target: PreTrainedModel) -> nn.Module:
-    layer = copy_decoder_layer(target, 0)
+def _draft_layer(target: PreTrainedModel, init: str) -> nn.Module:
+    layer = decoder_layer(target, 0, init)
     layer.input_layernorm = nn.Identity()  # g is a learnt mix of embedding and feature; EAGLE does not normalise it
     return layer
 

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
+from clover2.draft_vocab import DraftVocab
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
 from clover2.losses import cross_entropy, topk_hits
@@ -72,17 +73,18 @@ def scored_positions(batch: TrainBatch, k: int) -> Scored:
     return Scored(rows, cols, batch.input_ids[rows, cols + k + 1], batch.teacher_logits[rows, cols + k])
 
 
-def hard_label_loss(logits: list[torch.Tensor], scored: list[Scored], weights: list[float]) -> HeadLoss:
+def hard_label_loss(logits: list[torch.Tensor], scored: list[Scored], weights: list[float], vocab: DraftVocab) -> HeadLoss:
     """Σ_k weight_k · CE(logits_k, data token), with per-head top-1/top-5 agreement with the teacher's top-1.
 
-    Logits come only for the scored rows (the projection to V is the memory hog), so every row counts.
+    Logits come only for the scored rows (the projection to V is the memory hog) and span the draft
+    vocabulary; a data token outside it cannot be drafted, so it is not scored in the loss.
     """
     total = torch.zeros((), device=logits[0].device)
     top1, top5, counted = [], [], []
     for head_logits, where, weight in zip(logits, scored, weights):
-        everywhere = torch.ones_like(where.labels, dtype=torch.bool)
-        total = total + weight * cross_entropy(head_logits, where.labels, everywhere)
-        hits = topk_hits(head_logits, where.teacher, everywhere)
+        labels, inside = vocab.local(where.labels)
+        total = total + weight * cross_entropy(head_logits, labels, inside)
+        hits = topk_hits(head_logits, where.teacher, torch.ones_like(inside), vocab.ids)
         top1.append(hits[0])
         top5.append(hits[1])
         counted.append(hits[2])
@@ -94,34 +96,42 @@ class MedusaHead(DraftHead):
     method = "medusa"
 
     def __init__(
-        self, target: PreTrainedModel, *, heads: int = 5, decay: float = 1.0, tree: str = "medusa_mc_sim_7b_63"
+        self,
+        target: PreTrainedModel,
+        *,
+        heads: int = 5,
+        decay: float = 1.0,
+        tree: str = "medusa_mc_sim_7b_63",
+        draft_vocab: int | None = None,
+        vocab_ids: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(target, heads=heads, decay=decay, tree=tree)
+        super().__init__(target, vocab_ids, heads=heads, decay=decay, tree=tree, draft_vocab=draft_vocab)
         check_heads(self.method, heads)
         if not decay > 0:
             raise Clover2Error(f"medusa option decay: expected a number > 0, got {decay!r}")
         self.shape = tree_for_heads(tree, heads)
         lm_weight = target.get_output_embeddings().weight
+        # Each head's own LM head starts as the target's rows of the draft vocabulary.
         self.blocks = nn.ModuleList(ResBlock(self.hidden_size) for _ in range(heads))
-        self.lm_heads = nn.ModuleList(nn.Linear(self.hidden_size, self.vocab_size, bias=False) for _ in range(heads))
+        self.lm_heads = nn.ModuleList(nn.Linear(self.hidden_size, self.vocab.size, bias=False) for _ in range(heads))
         with torch.no_grad():
             for lm_head in self.lm_heads:
-                lm_head.weight.copy_(lm_weight)
+                lm_head.weight.copy_(self.vocab.weight)
         self.to(device=lm_weight.device, dtype=lm_weight.dtype)
 
     def head_logits(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        """Head k's (1-based) logits [..., V] for x_{t+k+1} from h_t [..., H]."""
+        """Head k's (1-based) logits over the draft vocabulary [..., size] for x_{t+k+1} from h_t [..., H]."""
         return self.lm_heads[k - 1](self.blocks[k - 1](h))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Every head's logits [..., K, V] from h [..., H]."""
+        """Every head's logits over the draft vocabulary [..., K, size] from h [..., H]."""
         return torch.stack([self.head_logits(k, h) for k in range(1, len(self.blocks) + 1)], dim=-2)
 
     def loss(self, batch: TrainBatch) -> HeadLoss:
         heads = range(1, len(self.blocks) + 1)
         scored = [scored_positions(batch, k) for k in heads]
         logits = [self.head_logits(k, batch.h[where.rows, where.cols]) for k, where in zip(heads, scored)]
-        return hard_label_loss(logits, scored, [self.options["decay"] ** k for k in heads])
+        return hard_label_loss(logits, scored, [self.options["decay"] ** k for k in heads], self.vocab)
 
     def drafter(self) -> MedusaDrafter:
         return MedusaDrafter(self)
@@ -145,7 +155,7 @@ class MedusaDrafter:
     @torch.inference_mode()
     def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
         shape = self.shape
-        per_head = self.head.logits(self.h)  # [K, V]
+        per_head = self.head.vocab.spread(self.head.logits(self.h))  # [K, V]
         # A node at depth d takes its children from head d + 1, whatever its token: the heads see only h.
         # Nodes at depth K have no children; the clamp only keeps their (unused) row in range.
         node_logits = per_head[shape.depths.clamp(max=per_head.shape[0] - 1).to(per_head.device)]

@@ -80,8 +80,23 @@ def _method_factories(args: argparse.Namespace) -> list:
         if method not in args.method:
             raise Clover2Error(f"--head {value}: {method!r} is not one of the --method values")
         heads[method] = Path(directory)
-    drafting = _options(args.draft_option, "--draft-option")
-    return [(name, method_factory(name, heads.get(name), drafting if name in heads else None)) for name in methods]
+    drafting = _drafting(args.draft_option or [], args.method, list(heads))
+    return [(name, method_factory(name, heads.get(name), drafting.get(name))) for name in methods]
+
+
+def _drafting(pairs: list[str], methods: list[str], with_heads: list[str]) -> dict[str, dict]:
+    """--draft-option [METHOD:]KEY=VALUE as options per method, in order (a later value wins); a pair
+    without METHOD applies to every method that drafts with a trained head."""
+    from clover2.metrics import drafting_method
+
+    drafting: dict[str, dict] = {}
+    for pair in pairs:
+        method, option = drafting_method(pair)
+        if method is not None and method not in methods:
+            raise Clover2Error(f"--draft-option {pair}: {method!r} is not one of the --method values")
+        for name in [method] if method is not None else with_heads:
+            drafting.setdefault(name, {}).update(_options([option], "--draft-option"))
+    return drafting
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -188,6 +203,7 @@ def _cache_teacher(args: argparse.Namespace) -> None:
     import torch
 
     from clover2.sharegpt import load_examples
+    from clover2.target_answers import first_user_turns, target_answers
     from clover2.targets import load_target
     from clover2.teacher import write_teacher_cache
 
@@ -197,8 +213,15 @@ def _cache_teacher(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     data = _training_data(args)
     target = load_target(args.target, device=args.device or _default_device())
-    examples = load_examples(target.tokenizer, data, args.conversations, args.max_length)
-    print(f"teacher cache ready: {write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size)}")
+    if args.answers == "target":
+        prompts = first_user_turns(data, args.conversations)
+        examples = target_answers(target, prompts, args.answer_tokens, args.max_length, args.answer_temperature, args.batch_size)
+        answers = {"answers": "target", "answer_tokens": args.answer_tokens, "answer_temperature": args.answer_temperature}
+    else:
+        examples = load_examples(target.tokenizer, data, args.conversations, args.max_length)
+        answers = {"answers": "sharegpt"}
+    out = write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size, answers | {"data": str(data)})
+    print(f"teacher cache ready: {out}")
 
 
 def _options(pairs: list[str] | None, flag: str = "--option") -> dict:
@@ -298,8 +321,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", action=_MethodAction, required=True, metavar="METHOD")
     parser.add_argument("--head", action="append", metavar="[METHOD=]DIR",
                         help="the trained head directory of a method that drafts with one (repeatable)")  # fmt: skip
-    parser.add_argument("--draft-option", action="append", metavar="KEY=VALUE",
-                        help="change a trained head's drafting option for this run, e.g. total_tokens=30 (repeatable)")  # fmt: skip
+    parser.add_argument("--draft-option", action="append", metavar="[METHOD:]KEY=VALUE",
+                        help="change a trained head's drafting option for this run, e.g. eagle2:total_tokens=30; "
+                             "without METHOD, of every method with a head (repeatable)")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a registered task (clover2 tasks lists them)")
     source.add_argument("--questions", type=Path, nargs="+", help="question files written by clover2 questions")
@@ -383,6 +407,10 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--max-length", type=int, default=2048)
     cache.add_argument("--top-k", type=int, default=64, help="teacher logits kept per position")
     cache.add_argument("--batch-size", type=int, default=4)
+    cache.add_argument("--answers", choices=["sharegpt", "target"], default="sharegpt",
+                       help="the assistant text: ShareGPT's, or the target's own answers to each first user turn")  # fmt: skip
+    cache.add_argument("--answer-tokens", type=int, default=256, help="--answers target: new tokens per answer at most")
+    cache.add_argument("--answer-temperature", type=float, default=0.0, help="--answers target: 0 greedy, > 0 sampled")
     cache.add_argument("--threads", type=int)
     cache.add_argument("--device")
     cache.set_defaults(func=_cache_teacher)

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.atomic import atomic_directory
+from clover2.draft_vocab import IDS, draft_vocab
 from clover2.drafter import Drafter
 from clover2.errors import Clover2Error
 
@@ -65,12 +66,14 @@ class DraftHead(nn.Module):
         """The options of another method's head.json that this head keeps when it loads those weights."""
         return options
 
-    def __init__(self, target: PreTrainedModel, **options) -> None:
+    def __init__(self, target: PreTrainedModel, vocab_ids: torch.Tensor | None = None, **options) -> None:
+        """`vocab_ids`: the draft vocabulary's token ids when the option `draft_vocab` sets its size (draft_vocab.py)."""
         super().__init__()
         self.options = options
         self.recorded: dict = {}  # facts about how the head was built, saved beside the options
         self.hidden_size = target.config.hidden_size
         self.vocab_size = target.config.vocab_size
+        self.vocab = draft_vocab(target, options.get("draft_vocab"), vocab_ids)
 
     def loss(self, batch: TrainBatch) -> HeadLoss:
         raise NotImplementedError
@@ -84,12 +87,35 @@ class DraftHead(nn.Module):
         raise NotImplementedError
 
 
-def copy_decoder_layer(target: PreTrainedModel, slot: int) -> nn.Module:
-    """A trainable copy of the target's last decoder layer, as layer `slot` of the head's own KV cache.
+LAYER_INITS = ("random", "copy")
 
-    Heads pass it boolean masks, which SDPA reads as "may attend" and eager attention would add.
+
+def decoder_layer(target: PreTrainedModel, slot: int, init: str = "random") -> nn.Module:
+    """A trainable decoder layer of the target's architecture, as layer `slot` of the head's own KV cache.
+
+    `random` (EAGLE's choice, every head's default): fresh weights drawn as the target's family
+    initialises them (normal(0, initializer_range), unit norms). `copy`: the target's last decoder
+    layer. Measured (`benchmarks/overfit.py`, README "Head initialisation"): an EAGLE head started
+    from the copy cannot even overfit a dozen conversations, its loss stuck far above a uniform
+    guess, while from random weights it does.
+    Heads pass the layer boolean masks, which SDPA reads as "may attend" and eager attention would add.
     """
-    layer = copy.deepcopy(target.get_decoder().layers[-1]).requires_grad_(True)  # even if the target is frozen
+    last = target.get_decoder().layers[-1]
+    if init == "copy":
+        layer = copy.deepcopy(last)
+    elif init == "random":
+        config = copy.deepcopy(target.config)  # the layer keeps a reference; the target's must not change
+        weight = next(last.parameters())
+        layer = type(last)(config, slot).to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            for module in layer.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, config.initializer_range)
+                    if module.bias is not None:
+                        module.bias.zero_()
+    else:
+        raise Clover2Error(f"layer_init: expected one of {', '.join(LAYER_INITS)}, got {init!r}")
+    layer.requires_grad_(True)  # even if the target is frozen
     layer.self_attn.layer_idx = slot
     layer.self_attn.config._attn_implementation = "sdpa"
     return layer
@@ -134,7 +160,9 @@ def head_class(method: str) -> type[DraftHead]:
 
 
 def trainable_state(head: DraftHead) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous() for name, p in head.named_parameters() if p.requires_grad}
+    """What a head directory stores: the trainable weights and the persistent buffers (a draft vocabulary's ids)."""
+    frozen = {name for name, p in head.named_parameters() if not p.requires_grad}
+    return {name: t.detach().contiguous() for name, t in head.state_dict().items() if name not in frozen}
 
 
 def save_head(head: DraftHead, directory: Path, target_identity: dict, extra_files: dict[str, str] | None = None) -> Path:
@@ -182,14 +210,14 @@ def load_head(
         allowed = ", ".join(sorted(head_class(method).drafting_options))
         raise Clover2Error(f"drafting option {unknown[0]!r}: not one a {method} head can change at decoding time ({allowed})")
     try:
-        own = options if method == trained else head_class(method).options_from(trained, options)
-        head = head_class(method)(target, **(own | drafting))
-    except TypeError as error:
-        raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
-    try:
         state = load_file(weights_path)
     except (OSError, SafetensorError) as error:
         raise Clover2Error(f"{weights_path}: cannot read the head's weights ({error})") from None
+    try:
+        own = options if method == trained else head_class(method).options_from(trained, options)
+        head = head_class(method)(target, vocab_ids=state.get(IDS), **(own | drafting))
+    except TypeError as error:
+        raise Clover2Error(f"{config_path}: options do not fit a {method} head ({error})") from None
     missing = set(trainable_state(head)) - set(state)
     if missing:
         raise Clover2Error(f"{weights_path}: lacks {len(missing)} weights of a {method} head (e.g. {sorted(missing)[0]})")

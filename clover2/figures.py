@@ -71,21 +71,48 @@ def tree_size_figure(curve: pd.DataFrame):
     return axes.figure
 
 
+def verify_cost_figure(cost: pd.DataFrame):
+    """Milliseconds per verification against the tokens verified, one line per method, beside a plain step."""
+    data = cost.reset_index()
+    axes = sns.lineplot(data=data, x="tokens", y="ms_per_verify", hue="method", marker="o", estimator=None)  # every run a point
+    plain = data.loc[data["tokens"] == 1, "ms_per_verify"]
+    if len(plain):  # the runs that verify the root alone: plain decoding
+        axes.axhline(plain.mean(), color="black", linewidth=0.8, linestyle=":", label="one-token step")
+        axes.legend(fontsize="small")
+    axes.set(xlabel="tokens per verification (drafted nodes + root)", ylabel="ms per verification", ylim=(0, None),
+             title="Verification cost against tree size")  # fmt: skip
+    return axes.figure
+
+
+def learning_curve_figure(curve: pd.DataFrame):
+    """Held-out top-1 of each head's first prediction against training minutes, one line per head."""
+    axes = sns.lineplot(data=curve.reset_index(), x="minutes", y="depth 1", hue="head", marker="o")
+    axes.set(xlabel="training minutes", ylabel="held-out top-1, depth 1", ylim=(0, 1), title="Learning curves")
+    return axes.figure
+
+
 FIGURES = {
     "extra_tokens_per_step": extra_tokens_figure,
     "speedup": speedup_figure,
     "depth_acceptance": depth_figure,
     "time_split": time_split_figure,
 }
+# Figures of a table that only some records give (a sweep ran; steps with tree sizes): table -> (figure, drawing).
+TABLE_FIGURES = {
+    "tree_size": ("tau_vs_tree_size", tree_size_figure),
+    "verify_cost": ("verify_cost_vs_tree_size", verify_cost_figure),
+    "learning_curve": ("learning_curve", learning_curve_figure),
+}
 
 
-def write_figures(stats: pd.DataFrame, directory: Path, sweep: pd.DataFrame | None = None) -> list[Path]:
-    """Every figure as NAME.pdf and NAME.png in `directory` (τ against tree size only with a sweep); returns the PDF paths."""
+def write_figures(stats: pd.DataFrame, directory: Path, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """Every figure as NAME.pdf and NAME.png in `directory` (those of TABLE_FIGURES when `tables` has
+    their table); returns the PDF paths."""
     written = []
     sns.set_theme(style="whitegrid", context="paper")
     drawings = {name: partial(draw, stats) for name, draw in FIGURES.items()}
-    if sweep is not None:
-        drawings["tau_vs_tree_size"] = partial(tree_size_figure, sweep)
+    tables = tables or {}
+    drawings |= {figure: partial(draw, tables[table]) for table, (figure, draw) in TABLE_FIGURES.items() if table in tables}
     for name, draw in drawings.items():
         figure = draw()
         figure.set_size_inches(8, 4)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, copy_decoder_layer, register, run_layers
+from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, static_tree
@@ -73,11 +73,15 @@ class Clover2Head(DraftHead):
         regression_weight: float = 10.0,
         ce_weight: float = 1.0,
         decay: float = 0.7,
+        draft_vocab: int | None = None,
+        layer_init: str = "random",
+        vocab_ids: torch.Tensor | None = None,
     ) -> None:
         decoder = target.get_decoder()
         super().__init__(
-            target, heads=heads, tree=tree, regression_weight=regression_weight, ce_weight=ce_weight, decay=decay
-        )
+            target, vocab_ids, heads=heads, tree=tree, regression_weight=regression_weight, ce_weight=ce_weight,
+            decay=decay, draft_vocab=draft_vocab, layer_init=layer_init,
+        )  # fmt: skip
         # The Augmenting Block uses the target's own RoPE base; the public code hard-codes 10000.
         self.recorded["rope_theta"] = target.config.rope_parameters.get("rope_theta")
         hidden, n_heads = target.config.hidden_size, target.config.num_attention_heads
@@ -85,7 +89,7 @@ class Clover2Head(DraftHead):
         self.register_buffer("lm_weight", target.get_output_embeddings().weight.detach(), persistent=False)
         self.ad1 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
         self.ad2 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
-        self.blocks = nn.ModuleList(copy_decoder_layer(target, slot) for slot in range(2))
+        self.blocks = nn.ModuleList(decoder_layer(target, slot, layer_init) for slot in range(2))
         self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.norm_c = copy.deepcopy(decoder.norm)
         self.norm_h = copy.deepcopy(decoder.norm)
@@ -103,7 +107,8 @@ class Clover2Head(DraftHead):
         return F.embedding(tokens, self.lm_weight)
 
     def logits(self, projected: torch.Tensor) -> torch.Tensor:
-        return F.linear(projected, self.lm_weight)
+        """Full-vocabulary logits of projected outputs (-inf outside a draft vocabulary)."""
+        return self.vocab.spread(self.vocab.project(projected))
 
     def augment(self, a: torch.Tensor, start: int, visible: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
         """s0 = RMSNorm_c(AB(a)) for a [B, L, H] at positions start.., attending as `visible` [B, 1, L, kv] allows."""
@@ -135,17 +140,17 @@ class Clover2Head(DraftHead):
                 s, output = self.step(s, self.embed(_shifted(ids, i + 1, length)))
             mask = _shifted(batch.loss_mask & batch.attention_mask, i + 2, length)
             predicted = output[mask]
-            logits = self.logits(predicted)
+            logits = self.vocab.project(predicted)
             teacher = _shifted(batch.teacher_logits, i + 1, length)[mask]
             regression = smooth_l1(predicted, _shifted(batch.h, i + 1, length)[mask])
-            soft = soft_cross_entropy(logits, teacher)
+            soft = soft_cross_entropy(logits, self.vocab.restrict(teacher))
             weight = self.options["decay"] ** i
             result.total = result.total + weight * (
                 self.options["regression_weight"] * regression + self.options["ce_weight"] * soft
             )
             parts["regression"] += float(regression.detach())
             parts["soft_ce"] += float(soft.detach())
-            hit1, hit5, counted = topk_hits(logits, teacher)
+            hit1, hit5, counted = topk_hits(logits, teacher, ids=self.vocab.ids)
             result.top1.append(hit1)
             result.top5.append(hit5)
             result.counted.append(counted)

@@ -16,7 +16,8 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """-sum_v p(v) log softmax(logits)(v) with p = softmax(teacher_logits) (temperature 1), masked mean."""
-    teacher = torch.softmax(teacher_logits.float(), dim=-1)
+    # A row with no finite teacher logit (a cached top-k wholly outside a draft vocabulary) is all NaN: make it 0.
+    teacher = torch.softmax(teacher_logits.float(), dim=-1).nan_to_num(0.0)
     per_position = -(teacher * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
     return _masked_mean(per_position, mask)
 
@@ -33,12 +34,19 @@ def smooth_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return _masked_mean(per_position, mask)
 
 
-def topk_hits(logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[int, int, int]:
-    """(top-1 hits, top-5 hits, positions): does the head's top-1 / top-5 contain the teacher's top-1?"""
+def topk_hits(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None, ids: torch.Tensor | None = None
+) -> tuple[int, int, int]:
+    """(top-1 hits, top-5 hits, positions): does the head's top-1 / top-5 contain the teacher's top-1?
+
+    `ids` maps the head's logit columns to token ids when it projects onto a draft vocabulary
+    (the teacher's logits span the full one).
+    """
     with torch.no_grad():
         mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device) if mask is None else mask
         wanted = teacher_logits.argmax(dim=-1, keepdim=True)
-        top5 = logits.topk(5, dim=-1).indices
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        top5 = top5 if ids is None else ids[top5]
         hit5 = (top5 == wanted).any(dim=-1) & mask
         hit1 = (top5[..., :1] == wanted).squeeze(-1) & mask
         return int(hit1.sum()), int(hit5.sum()), int(mask.sum())

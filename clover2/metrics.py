@@ -60,9 +60,24 @@ def _question_row(record: dict, source: str) -> dict:
         "step_lengths": [n for t in turns for n in t["accept_lengths"][1:]],
         "failed_depths": [d for t in turns for d in t["failed_depths"]],
         "tree_sizes": [n for t in turns for n in t.get("tree_sizes", [])],
-        "drafting": " ".join(config.get("draft_option") or []),  # the drafting options this run changed
+        "drafting": drafting_label(config.get("draft_option") or [], record["method"]),
         "answers": [t.get("text", "") for t in turns],
     }
+
+
+def drafting_method(pair: str) -> tuple[str | None, str]:
+    """A --draft-option value, [METHOD:]KEY=VALUE, as (METHOD or None, KEY=VALUE)."""
+    if ":" not in pair.partition("=")[0]:  # a value may hold a colon; a key may not
+        return None, pair
+    method, _, option = pair.partition(":")
+    return method, option
+
+
+def drafting_label(pairs: list[str], method: str) -> str:
+    """The drafting options a run changed for `method` (its own and those given to every method; a later
+    value of an option wins, as in the CLI)."""
+    options = {option.partition("=")[0]: option for owner, option in map(drafting_method, pairs) if owner in (None, method)}
+    return " ".join(options.values())
 
 
 def tau(new_tokens: pd.Series, steps: pd.Series) -> float:
@@ -135,6 +150,26 @@ def tree_size_curve(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": method, "drafting": drafting, "tree_size": float(np.mean(sizes)),
                      "tau": tau(group["new_tokens"], group["steps"]), "questions": len(group)})  # fmt: skip
     return pd.DataFrame(rows).sort_values(["method", "tree_size"], ignore_index=True)
+
+
+def verify_cost(frame: pd.DataFrame) -> pd.DataFrame:
+    """Milliseconds per verification (the target's forward over a tree) against the tokens it verifies,
+    per (method, drafting options) run: Σ verify time / Σ speculative steps, at the mean drafted nodes
+    per step + 1 (the root), pooled over every file, task and temperature the run appears in.
+
+    A run whose trees are the root alone (plain decoding) gives the one-token step; `vs_plain` is each
+    run's time over the mean of those. Rows without per-step tree sizes (a black-box `generate`) are left out.
+    """
+    rows = []
+    stepped = frame[frame["tree_sizes"].map(len) > 0]
+    for (method, drafting), group in stepped.groupby(["method", "drafting"], sort=True):
+        sizes = _flat(group["tree_sizes"])
+        rows.append({"method": method, "drafting": drafting, "tokens": 1 + float(np.mean(sizes)),
+                     "ms_per_verify": 1000 * float(group["verify_seconds"].sum()) / len(sizes), "steps": len(sizes)})  # fmt: skip
+    table = pd.DataFrame(rows, columns=["method", "drafting", "tokens", "ms_per_verify", "steps"])
+    plain = table.loc[table["tokens"] == 1, "ms_per_verify"].mean()
+    table.insert(4, "vs_plain", table["ms_per_verify"] / plain)
+    return table.sort_values(["tokens", "method"], ignore_index=True)
 
 
 def summary(frame: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:

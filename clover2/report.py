@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from clover2.atomic import atomic_write_bytes, atomic_write_text
 from clover2.errors import Clover2Error
-from clover2.metrics import read_bench, summary, tree_size_curve
+from clover2.metrics import read_bench, summary, tree_size_curve, verify_cost
 from clover2.quality import gsm8k_correct, humaneval_passed
 from clover2.tasks import read_questions
 
@@ -32,9 +32,14 @@ TITLES = {
     "time_split": "Share of wall time per phase",
     "lossless": "Losslessness against plain decoding",
     "training": "Training cost of each head",
+    "learning_curve": "Learning curves: held-out top-1 (the head's first choice is the target's) per head depth, "
+    "against training minutes; depth 1 is the acceptance of a chain's first drafted token at T = 0",
     "quality": "Answer quality at T = 0 (GSM8K exact match, HumanEval pass@1; sandboxed execution)",
     "published": "Published (Clover-2 paper) and reproduced numbers (extra = extra tokens per step, τ − 1)",
     "tree_size": "τ against tree size (drafted nodes per step) in the tree-size sweep, T = 0",
+    "verify_cost": "Milliseconds per verification (the target's forward over the tree) against the tokens it verifies "
+    "(drafted nodes + root; 1 token: a plain decoding step), over every step of the bench and sweep runs, "
+    "and that time over a one-token step's",
 }
 # Column heads short enough for the paper's page: the main table gives each task two columns.
 TASK_LABELS = {"mt_bench": "MT-Bench", "translation": "Transl.", "summarization": "Summ.", "qa": "QA",
@@ -138,6 +143,19 @@ def training_table(head_dirs: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("head")
 
 
+def learning_curve_table(head_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Held-out top-1 per head depth at every evaluation of each head's training, against its minutes."""
+    rows = []
+    for directory in head_dirs:
+        method = _read_json(Path(directory) / "head.json")["method"]
+        log = [json.loads(line) for line in (Path(directory) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+        seconds = {r["step"]: r["seconds"] for r in log if "seconds" in r}
+        for record in (r for r in log if "heldout" in r):
+            top1 = {f"depth {k}": value for k, value in enumerate(record["heldout"]["top1"], start=1)}
+            rows.append({"head": method, "step": record["step"], "minutes": round(seconds.get(record["step"], 0.0) / 60, 1), **top1})
+    return pd.DataFrame(rows).set_index(["head", "step"])
+
+
 def _parameter_count(path: Path) -> int:
     with safe_open(str(path), "pt") as weights:
         return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
@@ -221,13 +239,18 @@ def build_tables(
         tables["lossless"] = lossless_table(lossless)
     if heads:
         tables["training"] = training_table(heads)
+        tables["learning_curve"] = learning_curve_table(heads)
     quality = quality_table(frame, questions) if questions else None
     if quality is not None:
         tables["quality"] = quality
     if published is not None:
         tables["published"] = published_table(stats, published, target)
-    if sweep:
-        tables["tree_size"] = tree_size_curve(read_bench(sweep)).set_index(["method", "drafting"])
+    swept = read_bench(sweep) if sweep else None
+    if swept is not None:
+        tables["tree_size"] = tree_size_curve(swept).set_index(["method", "drafting"])
+    cost = verify_cost(pd.concat([frame, swept], ignore_index=True))  # concat drops a None
+    if len(cost):
+        tables["verify_cost"] = cost.set_index(["method", "drafting"])
     return tables, stats
 
 
@@ -294,8 +317,8 @@ questions, each method against plain decoding of the same questions, interleaved
 $\tau$ is the mean number of tokens accepted per target forward, the bonus token included.
 """
 # Each table's section, in the order of the paper: speed, acceptance, correctness, cost, the paper itself.
-SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split"), "Acceptance": ("depth", "tree_size"),
-            "Losslessness and answer quality": ("lossless", "quality"), "Training": ("training",),
+SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split", "verify_cost"), "Acceptance": ("depth", "tree_size"),
+            "Losslessness and answer quality": ("lossless", "quality"), "Training": ("training", "learning_curve"),
             "Published and reproduced": ("published",)}  # fmt: skip
 
 
@@ -308,7 +331,7 @@ def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory:
     for name, table in tables.items():
         atomic_write_text(directory / "tables" / f"{name}.tex", to_latex(name, table))
     atomic_write_text(directory / "tables.md", markdown_text(tables))
-    figures = write_figures(stats, directory / "figures", tables.get("tree_size"))
+    figures = write_figures(stats, directory / "figures", tables)
     body = [PAPER_PREAMBLE % source.replace("_", r"\_")]
     for section, prefixes in SECTIONS.items():
         names = [name for name in tables if name.startswith(prefixes)]

@@ -65,8 +65,12 @@ def cache_bytes(tokens: int, hidden_size: int, top_k: int) -> int:
     return tokens * (2 * hidden_size * 2 + top_k * (2 + 4) + 4 + 1)
 
 
-def write_teacher_cache(target: Target, examples: list[Example], out: Path, top_k: int, batch_size: int) -> Path:
-    """Run the target over `examples` once and store what training needs, in shards, atomically."""
+def write_teacher_cache(
+    target: Target, examples: list[Example], out: Path, top_k: int, batch_size: int, source: dict | None = None
+) -> Path:
+    """Run the target over `examples` once and store what training needs, in shards, atomically.
+
+    `source` says where the text came from (recorded in the manifest)."""
     config = target.model.config
     tokens = sum(len(e.input_ids) for e in examples)
     size = cache_bytes(tokens, config.hidden_size, top_k)
@@ -83,7 +87,7 @@ def write_teacher_cache(target: Target, examples: list[Example], out: Path, top_
                 tensors |= _stored(online.batch(items, device), items, first + start, top_k)
             shards.append(f"shard-{len(shards):05d}.safetensors")
             save_file(tensors, str(tmp / shards[-1]))
-        manifest = {"target": target.identity, "top_k": top_k, "examples": len(examples), "tokens": tokens,
+        manifest = {"target": target.identity, "source": source or {}, "top_k": top_k, "examples": len(examples), "tokens": tokens,
                     "vocab_size": config.vocab_size, "hidden_size": config.hidden_size, "shards": shards}  # fmt: skip
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out)

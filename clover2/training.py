@@ -23,6 +23,7 @@ from transformers import get_scheduler
 
 from clover2.atomic import atomic_write_text
 from clover2.draft_head import HeadLoss, head_class, save_head
+from clover2.draft_vocab import frequent_tokens
 from clover2.sharegpt import Example, load_examples
 from clover2.targets import Target
 from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id
@@ -88,12 +89,14 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     torch.manual_seed(config.seed)
     model = target.model.to(accelerator.device).requires_grad_(False).eval()
-    # Trainable weights stay fp32 whatever the target's dtype; autocast handles mixed precision.
-    head = head_class(config.method)(model, **config.options).float()
     teacher = CachedTeacher(Path(config.teacher_cache), target) if config.teacher_cache else OnlineTeacher(model, pad_id(target))
     wanted = config.conversations + config.heldout
     examples = teacher.examples[:wanted] if config.teacher_cache else load_examples(target.tokenizer, data, wanted, config.max_length)
     heldout, examples = examples[: config.heldout], examples[config.heldout :]
+    size = config.options.get("draft_vocab")
+    ids = None if size is None else frequent_tokens(examples, size, model.config.vocab_size, target.stop_token_ids)
+    # Trainable weights stay fp32 whatever the target's dtype; autocast handles mixed precision.
+    head = head_class(config.method)(model, vocab_ids=ids, **config.options).float()
     # batch_size is per process: each step takes one global batch and every process trains its share.
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = max(1, len(examples) // (config.batch_size * world))  # whole global batches only

@@ -36,9 +36,29 @@ _MEDUSA_MC_SIM_7B_63 = [
     [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 1], [1, 6], [0, 7, 0],
 ]  # fmt: skip
 
+# Small trees for targets whose verification cost grows with every node verified (a CPU; on a GPU a
+# forward over a few dozen tokens costs about what one over a single token does).
+# Chains: the drafter's top-1 at every depth.
+_CHAINS = {f"chain_{length}": [[0] * depth for depth in range(1, length + 1)] for length in (3, 4, 5, 6)}
+# The n most probable paths of `_EAGLE_MC_SIM_7B_63`, under a model where every level and every step
+# down the drafter's ranking halves a path's probability (rank r is accepted with probability
+# 2^-(r+1) at any depth): sorted by (depth + Σ ranks, depth, path), ties to the shallower path (one
+# draft forward fewer), then breadth-first. A path is never more probable than its parent, so the
+# first n are a tree, and of the 25-node tree's n-node subtrees one with the most expected accepted
+# tokens under that model (Σ of path probabilities); it comes out wide near the root, where
+# acceptance is highest.
+_EAGLE_TOP = {
+    "eagle_top_6": [[0], [1], [2], [0, 0], [0, 1], [1, 0]],
+    "eagle_top_8": [[0], [1], [2], [3], [0, 0], [0, 1], [1, 0], [0, 0, 0]],
+    "eagle_top_12": [[0], [1], [2], [3], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [0, 0, 0], [0, 0, 1]],
+}
+
+# Names are file-path components too (a tree-size sweep writes one file per tree).
 STATIC_TREES: dict[str, list[list[int]]] = {
     "eagle_mc_sim_7b_63": _EAGLE_MC_SIM_7B_63,
     "medusa_mc_sim_7b_63": _MEDUSA_MC_SIM_7B_63,
+    **_CHAINS,
+    **_EAGLE_TOP,
 }
 
 
@@ -253,6 +273,18 @@ def grow_dynamic_tree(root_token: int, expand: ExpandFn, depth: int, top_k: int,
             frontier = first_new + _best(rank_score[first_new:], top_k).sort().values
     kept = (_best(rank_score[1:], total_tokens) + 1).sort().values
     return _reindex_breadth_first(tokens, parents, joint, kept)
+
+
+def official_eagle2_settings(depth: int, top_k: int, total_token: int) -> dict[str, int]:
+    """EAGLE-2's settings as its official code counts them (SafeAILab/EAGLE, `EaModel.from_pretrained`)
+    in grow_dynamic_tree's terms.
+
+    The official drafter expands the root and then `depth` more levels, so it drafts depth + 1 levels,
+    and its `total_token` counts the root, so it verifies total_token - 1 drafted nodes; ours count
+    drafted levels and drafted nodes. The paper's total_token 60, depth 5, top_k 10 is our depth 6,
+    total_tokens 59, top_k 10.
+    """
+    return {"depth": depth + 1, "top_k": top_k, "total_tokens": total_token - 1}
 
 
 def _expand_checked(

@@ -14,6 +14,7 @@ from clover2.draft_head import head_class, head_methods
 from clover2.errors import Clover2Error
 from clover2.methods import METHODS
 from clover2.tasks import task_names
+from clover2.tree import STATIC_TREES
 
 
 def check_config(config: dict) -> None:
@@ -27,6 +28,7 @@ def check_config(config: dict) -> None:
         if method not in known_methods:
             raise Clover2Error(f"config key 'methods.{method}': unknown method; known: {', '.join(known_methods)}")
         _check_head(method, (settings or {}).get("head"), config["heads"])
+        _check_drafting(f"methods.{method}.drafting", method, drafting_options(config, method))
     for head in config["heads"]:
         if head not in head_methods():
             raise Clover2Error(f"config key 'heads.{head}': not a trainable head; known: {', '.join(head_methods())}")
@@ -55,13 +57,29 @@ def _check_head(method: str, head: str | None, heads: dict) -> None:
         raise Clover2Error(f"config key '{key}': {method} cannot draft with a {head} head")
 
 
-def _check_sweep(sweep: dict, methods: dict) -> None:
-    method = sweep["method"]
-    if method not in methods or method in METHODS:
-        raise Clover2Error(f"config key 'sweep.method': {method!r} is not a key of 'methods' that drafts with a trained head")
+def _check_drafting(key: str, method: str, options: dict) -> None:
+    """Drafting options (option -> value, or a sweep's list of values) change a trained head's tree when
+    decoding: a method without a head has none, and a static tree must be a known one."""
+    if not options:
+        return
+    if method in METHODS:
+        raise Clover2Error(f"config key '{key}': {method} drafts without a trained head, so it has no drafting options")
     allowed = head_class(method).drafting_options
-    if sweep["option"] not in allowed:
-        raise Clover2Error(f"config key 'sweep.option': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
+    for option, values in options.items():
+        if option not in allowed:
+            raise Clover2Error(f"config key '{key}.{option}': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
+        values = values if isinstance(values, list) else [values]
+        unknown = [value for value in values if value not in STATIC_TREES] if option == "tree" else []
+        if unknown:
+            raise Clover2Error(f"config key '{key}.tree': unknown static tree {unknown[0]!r}; known: {', '.join(sorted(STATIC_TREES))}")
+
+
+def _check_sweep(sweep: dict, methods: dict) -> None:
+    for method, options in sweep["methods"].items():
+        key = f"sweep.methods.{method}"
+        if method not in methods or method in METHODS:
+            raise Clover2Error(f"config key '{key}': {method!r} is not a key of 'methods' that drafts with a trained head")
+        _check_drafting(key, method, options)
 
 
 def temperature_label(value: float) -> str:
@@ -70,12 +88,19 @@ def temperature_label(value: float) -> str:
 
 
 def train_flags(config: dict, head: str) -> str:
-    """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>`."""
-    settings = {**config["training"], **(config["heads"][head] or {})}
-    options = settings.pop("options", {}) or {}
+    """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>` (head options key by key)."""
+    own = config["heads"][head] or {}
+    settings = {**config["training"], **own}
+    options = {**(config["training"].get("options") or {}), **(own.get("options") or {})}
+    settings.pop("options", None)
     flags = [f"--{key.replace('_', '-')} {value}" for key, value in settings.items()]
     flags += [f"--option {key}={value}" for key, value in options.items()]
     return " ".join(flags)
+
+
+def teacher_flags(config: dict) -> str:
+    """`clover2 cache-teacher` flags from the `teacher` section (KEY: VALUE -> --key VALUE)."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in (config.get("teacher") or {}).items())
 
 
 def head_of(config: dict, method: str) -> str | None:
@@ -95,10 +120,17 @@ def method_heads(config: dict, methods: list[str]) -> dict[str, str]:
     return {m: head_dir(config, head_of(config, m)) for m in methods if head_of(config, m)}
 
 
-def method_flags(config: dict, methods: list[str]) -> str:
-    """`--method M` for each method and `--head M=DIR` for each one that drafts with a trained head."""
+def drafting_options(config: dict, method: str) -> dict:
+    return (config["methods"][method] or {}).get("drafting") or {}
+
+
+def method_flags(config: dict, methods: list[str], changes: dict | None = None) -> str:
+    """`--method M` for each method, `--head M=DIR` for each one that drafts with a trained head, and
+    `--draft-option M:KEY=VALUE` for each of its drafting options, those of `changes` (a sweep's) last."""
     heads = method_heads(config, methods)
-    return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items())])
+    drafting = [f"--draft-option {m}:{key}={value}"
+                for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]  # fmt: skip
+    return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
 
 
 def bench_questions(config: dict, temperature: str | float) -> int:
@@ -133,10 +165,13 @@ def lossless_files(config: dict) -> list[str]:
 
 def sweep_files(config: dict) -> list[str]:
     """results/<target>/sweep/<method>/<option>/<value>.jsonl (every sweep task); none without a 'sweep' section."""
-    sweep = config.get("sweep")
-    if not sweep:
-        return []
-    return [f"{_root(config)}/sweep/{sweep['method']}/{sweep['option']}/{value}.jsonl" for value in sweep["values"]]
+    methods = (config.get("sweep") or {}).get("methods", {})
+    return [
+        f"{_root(config)}/sweep/{method}/{option}/{value}.jsonl"
+        for method, options in methods.items()
+        for option, values in options.items()
+        for value in values
+    ]
 
 
 def sweep_questions(config: dict) -> int:

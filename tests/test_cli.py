@@ -110,3 +110,18 @@ def test_a_head_for_a_method_not_asked_for_is_a_one_line_error(smollm2_dir, tmp_
     code = main(["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--method", "eagle2",
                  "--head", "clover2=somewhere", "--task", "qa", "--out", str(tmp_path / "x.jsonl")])  # fmt: skip
     assert code == 2 and "'clover2' is not one of the --method values" in capsys.readouterr().err
+
+
+def test_a_drafting_option_for_a_method_not_asked_for_is_a_one_line_error(smollm2_dir, tmp_path, capsys):
+    code = main(["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--method", "eagle2", "--head", "eagle2=somewhere",
+                 "--draft-option", "eagle2:depth=6", "--draft-option", "eagle:tree=chain_3", "--task", "qa",
+                 "--out", str(tmp_path / "x.jsonl")])  # fmt: skip
+    assert code == 2 and "--draft-option eagle:tree=chain_3: 'eagle' is not one of the --method values" in capsys.readouterr().err
+
+
+def test_drafting_options_go_to_their_method_and_bare_ones_to_every_method_with_a_head():
+    from clover2.cli import _drafting
+
+    pairs = ["total_tokens=30", "eagle2:depth=6", "clover2:tree=chain_3", "eagle2:total_tokens=8"]
+    drafting = _drafting(pairs, ["vanilla", "eagle2", "clover2"], ["eagle2"])
+    assert drafting == {"eagle2": {"total_tokens": 8, "depth": 6}, "clover2": {"tree": "chain_3"}}  # a later value wins

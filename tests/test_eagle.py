@@ -57,8 +57,7 @@ def test_size_and_initialisation(tiny_llama, cls):
     assert all(name.startswith(("fc.", "layer.")) for name in state)  # embedding and LM head stay the target's
     assert not any("input_layernorm" in name for name in state)
     last = tiny_llama.get_decoder().layers[-1].state_dict()
-    for name, weight in head.layer.state_dict().items():
-        torch.testing.assert_close(weight, last[name], rtol=0, atol=0)
+    assert not torch.equal(head.layer.self_attn.q_proj.weight, last["self_attn.q_proj.weight"])  # random, as EAGLE
     assert head.options == cls.defaults  # head.json records every setting, defaults included
 
 

@@ -37,7 +37,7 @@ def test_shapes_and_trainable_parameter_count(tiny_llama, heads):
     # Per head: ResBlock W (H x H) and b (H), then its own LM head copy (V x H, no bias).
     assert trainable == heads * (H * H + H + V * H)
     assert head.logits(torch.randn(2, 7, H)).shape == (2, 7, heads, V)
-    assert head.options == {"heads": heads, "decay": 1.0, "tree": "medusa_mc_sim_7b_63"}
+    assert head.options == {"heads": heads, "decay": 1.0, "tree": "medusa_mc_sim_7b_63", "draft_vocab": None}
 
 
 def test_fresh_heads_are_identity_blocks_and_lm_head_copies(tiny_llama):

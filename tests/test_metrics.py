@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from clover2.errors import Clover2Error
-from clover2.metrics import bootstrap_ci, depth_acceptance, read_bench, speedup_ratio_of_means, summary, tree_size_curve
+from clover2.metrics import (
+    bootstrap_ci,
+    depth_acceptance,
+    drafting_method,
+    read_bench,
+    speedup_ratio_of_means,
+    summary,
+    tree_size_curve,
+    verify_cost,
+)
 
 
 def _turn(tokens: int, seconds: float, lengths: list[int] | None = None, failed: list | None = None, text: str = "") -> dict:
@@ -144,3 +153,25 @@ def test_tree_size_curve_needs_drafted_trees(tmp_path):
     rows = [_row("vanilla", "1", [_turn(3, 1.0)])]
     with pytest.raises(Clover2Error, match="vanilla.*no tree sizes"):
         tree_size_curve(read_bench([_file(tmp_path / "v.jsonl", rows)]))
+
+
+def test_verify_cost_is_verify_time_per_speculative_step_against_the_tokens_verified(tmp_path):
+    def turn(sizes, seconds):  # verify takes a quarter of `seconds`; one step per tree, the prefill first
+        return _turn(len(sizes) + 1, seconds) | {"tree_sizes": sizes}
+
+    rows = [_row("vanilla", "1", [turn([0, 0, 0, 0], 0.016)]),
+            _row("eagle", "1", [turn([5, 5], 0.016), turn([5, 5, 5, 5, 5, 5], 0.032)]),
+            _row("hf-generate", "1", [_turn(3, 1.0)])]  # fmt: skip  (no tree sizes: left out)
+    cost = verify_cost(read_bench([_file(tmp_path / "b.jsonl", rows)])).set_index("method")
+    assert list(cost.index) == ["vanilla", "eagle"]  # by tokens verified
+    assert cost.loc["vanilla", "tokens"] == 1 and cost.loc["vanilla", "ms_per_verify"] == pytest.approx(1.0)
+    assert cost.loc["eagle", "tokens"] == 6 and cost.loc["eagle", "ms_per_verify"] == pytest.approx(12 / 8)
+    assert cost.loc["eagle", "vs_plain"] == pytest.approx(1.5) and cost.loc["eagle", "steps"] == 8
+
+
+def test_a_records_drafting_options_are_those_of_its_own_method(tmp_path):
+    options = ["eagle2:depth=6", "tree=chain_3", "eagle:tree=chain_5"]
+    rows = [_row(m, "1", [_turn(2, 1.0)], drafting=options) for m in ("eagle2", "eagle")]
+    frame = read_bench([_file(tmp_path / "b.jsonl", rows)]).set_index("method")
+    assert frame.loc["eagle2", "drafting"] == "depth=6 tree=chain_3" and frame.loc["eagle", "drafting"] == "tree=chain_5"
+    assert drafting_method("eagle2:total_tokens=8") == ("eagle2", "total_tokens=8") and drafting_method("tree=a:b") == (None, "tree=a:b")

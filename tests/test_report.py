@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from clover2.errors import Clover2Error
-from clover2.report import build_tables, compile_pdf, published_table, write_paper, write_tables
+from clover2.report import build_tables, compile_pdf, published_table, title, write_paper, write_tables
 from clover2.tasks import load_questions, write_questions
 from test_metrics import _file, _row, _turn
 
@@ -110,6 +112,23 @@ def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(r
     assert (tmp_path / "paper" / "figures" / "tau_vs_tree_size.png").is_file() and "tau_vs_tree_size.pdf" in main
 
 
+def test_steps_with_tree_sizes_add_the_verify_cost_table_and_figure_from_bench_and_sweep(records, tmp_path):
+    def turn(size, steps, seconds):  # verify takes a quarter of `seconds`; steps after the prefill
+        return _turn(steps + 1, seconds) | {"tree_sizes": [size] * steps}
+
+    bench = [_row("vanilla", "0", [turn(0, 4, 0.016)]), _row("eagle", "0", [turn(25, 4, 0.032)])]
+    sweep = [_row("eagle", "0", [turn(size, 2, 0.008 * (1 + size / 8))], drafting=[f"eagle:tree=chain_{size}"]) for size in (3, 6)]
+    tables, stats = build_tables([*records, _file(tmp_path / "bench.jsonl", bench)], sweep=[_file(tmp_path / "sweep.jsonl", sweep)])
+    cost = tables["verify_cost"]
+    assert list(cost.index) == [("vanilla", ""), ("eagle", "tree=chain_3"), ("eagle", "tree=chain_6"), ("eagle", "")]
+    assert list(cost["tokens"]) == [1, 4, 7, 26] and list(cost["ms_per_verify"]) == pytest.approx([1, 1.375, 1.75, 2])
+    assert list(cost["vs_plain"]) == pytest.approx([1, 1.375, 1.75, 2])
+    main = write_paper(tables, stats, tmp_path / "paper", "unit_test").read_text()
+    assert "\\input{tables/verify_cost}" in main and "verify_cost_vs_tree_size.pdf" in main
+    assert (tmp_path / "paper" / "figures" / "verify_cost_vs_tree_size.png").is_file()
+    assert f"### {title('verify_cost')}" in (tmp_path / "paper" / "tables.md").read_text()
+
+
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
 def test_cells_this_run_left_empty_show_a_dash_and_temperatures_read_as_written(records, tmp_path):
     tables, stats = build_tables(records, published=PUBLISHED, target="vicuna-7b-v1.5")
@@ -143,3 +162,28 @@ def test_a_paper_with_an_error_a_missing_figure_or_a_dangling_reference_fails(re
     with pytest.raises(Clover2Error, match=f"not clean[\\s\\S]*{problem}"):
         compile_pdf(tmp_path / "paper")
     assert not (tmp_path / "paper" / "main.pdf").exists()
+
+
+def _head_dir(directory: Path, method: str, log: list[dict]) -> Path:
+    """A trained head's directory as far as the report reads it: head.json, training.json, its log, weights."""
+    directory.mkdir(parents=True)
+    (directory / "head.json").write_text(json.dumps({"method": method}))
+    (directory / "training.json").write_text(json.dumps({"steps": log[-1]["step"], "seconds": log[-1]["seconds"]}))
+    (directory / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    save_file({"w": torch.zeros(2, 3)}, str(directory / "head.safetensors"))
+    return directory
+
+
+def test_heads_add_learning_curves_of_heldout_top1_against_minutes(records, tmp_path):
+    clover2 = _head_dir(tmp_path / "clover2", "clover2", [
+        {"step": 1, "seconds": 6.0}, {"step": 2, "seconds": 60.0, "heldout": {"top1": [0.2, 0.1]}},
+        {"step": 4, "seconds": 120.0, "heldout": {"top1": [0.4, 0.3]}}])  # fmt: skip
+    eagle = _head_dir(tmp_path / "eagle", "eagle", [{"step": 3, "seconds": 90.0, "heldout": {"top1": [0.5]}}])
+    tables, stats = build_tables(records, heads=[clover2, eagle])
+    curve = tables["learning_curve"]
+    assert curve.loc[("clover2", 4), "minutes"] == 2.0 and curve.loc[("clover2", 4), "depth 2"] == 0.3
+    assert curve.loc[("eagle", 3), "depth 1"] == 0.5 and pd.isna(curve.loc[("eagle", 3), "depth 2"])  # one depth only
+    assert tables["training"].loc["clover2", "heldout_top1"] == "0.40 / 0.30"
+    write_paper(tables, stats, tmp_path / "paper", "records")
+    assert (tmp_path / "paper" / "figures" / "learning_curve.png").is_file()
+    assert r"\input{tables/learning_curve}" in (tmp_path / "paper" / "main.tex").read_text()

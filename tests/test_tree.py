@@ -2,12 +2,13 @@
 
 import itertools
 import random
+import re
 
 import pytest
 import torch
 
 from clover2.errors import Clover2Error
-from clover2.tree import STATIC_TREES, DraftTree, TreeShape, grow_dynamic_tree, static_tree
+from clover2.tree import STATIC_TREES, DraftTree, TreeShape, grow_dynamic_tree, official_eagle2_settings, static_tree
 
 
 def ancestors_or_self(parents: list[int], node: int) -> list[int]:
@@ -103,6 +104,33 @@ def test_chain() -> None:
     assert root_only.size == 1 and root_only.retrieve.tolist() == [[0]]
 
 
+SMALL_TREES = {  # name: (drafted nodes, depth)
+    "chain_3": (3, 3), "chain_4": (4, 4), "chain_5": (5, 5), "chain_6": (6, 6),
+    "eagle_top_6": (6, 2), "eagle_top_8": (8, 3), "eagle_top_12": (12, 3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_TREES))
+def test_small_trees_have_their_size_and_depth(name: str) -> None:
+    tree = static_tree(name)  # from_paths rejects a path whose parent path is missing
+    assert (tree.size - 1, tree.max_depth) == SMALL_TREES[name]
+    assert re.fullmatch(r"[A-Za-z0-9_.]+", name)  # a sweep value: a file-path component
+    assert_consistent(tree)
+
+
+def test_chains_are_the_top_1_at_every_depth() -> None:
+    assert_same_shape(static_tree("chain_4"), TreeShape.chain(4))
+
+
+@pytest.mark.parametrize("size", [6, 8, 12])
+def test_small_eagle_trees_are_the_most_probable_paths_of_the_eagle_tree(size: int) -> None:
+    # The rule in tree.py's comment: each level and each rank step halves a path's probability,
+    # ties to the shallower path, then breadth-first.
+    eagle = STATIC_TREES["eagle_mc_sim_7b_63"]
+    ranked = sorted(eagle, key=lambda path: (len(path) + sum(path), len(path), path))
+    assert sorted(STATIC_TREES[f"eagle_top_{size}"]) == sorted(ranked[:size])
+
+
 @pytest.mark.parametrize("name", sorted(STATIC_TREES))
 def test_from_parents_round_trips_from_paths(name: str) -> None:
     tree = static_tree(name)
@@ -150,7 +178,7 @@ def test_chain_rejects_negative_length() -> None:
 
 
 def test_unknown_static_tree_lists_known_names() -> None:
-    with pytest.raises(Clover2Error, match="'nope'.*eagle_mc_sim_7b_63, medusa_mc_sim_7b_63"):
+    with pytest.raises(Clover2Error, match="'nope'.*chain_3, .*eagle_mc_sim_7b_63, .*medusa_mc_sim_7b_63"):
         static_tree("nope")
 
 
@@ -292,6 +320,24 @@ def test_dynamic_tree_defaults_size() -> None:
     tree = grow_dynamic_tree(0, table_expand(heap_table(10, 5, seed=4)), depth=5, top_k=10, total_tokens=60)
     assert tree.shape.size == 61
     assert tree.shape.max_depth <= 5
+    assert_consistent(tree.shape)
+
+
+@pytest.mark.parametrize(
+    ("official", "ours", "drafted"),
+    [((5, 10, 60), {"depth": 6, "top_k": 10, "total_tokens": 59}, 59),  # the EAGLE-2 paper's
+     ((5, 10, 59), {"depth": 6, "top_k": 10, "total_tokens": 58}, 58)],  # EaModel.from_pretrained's defaults
+)  # fmt: skip
+def test_official_eagle2_settings_draft_six_levels_and_count_the_root(official, ours, drafted) -> None:
+    assert official_eagle2_settings(*official) == ours
+
+    def expand(tokens: torch.Tensor, parents: torch.Tensor, frontier: torch.Tensor):
+        # Unique tokens, random log-probabilities: a tree as deep as the settings let it grow.
+        scores = torch.rand(frontier.numel(), 10, generator=torch.Generator().manual_seed(tokens.numel()))
+        return torch.arange(frontier.numel() * 10).view(-1, 10) + tokens.numel(), scores.log()
+
+    tree = grow_dynamic_tree(0, expand, **ours)
+    assert tree.shape.size - 1 == drafted and tree.shape.max_depth <= 6
     assert_consistent(tree.shape)
 
 

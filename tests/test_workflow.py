@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from clover2.errors import Clover2Error
 from clover2.report import build_tables
@@ -41,14 +42,16 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
     assert counts["bench"] == len(bench["tasks"]) * len(bench["temperatures"])
     assert counts["lossless"] == len(lossless["tasks"]) * len(lossless["temperatures"])
     assert counts["train"] == len(config["heads"])
+    assert counts.get("teacher", 0) == (1 if config.get("teacher") else 0)  # one teacher pass for every head
     assert counts["target"] == counts["questions"] == counts["report"] == counts["all"] == 1
-    assert counts.get("sweep", 0) == len((config.get("sweep") or {"values": []})["values"])
+    swept = (config.get("sweep") or {"methods": {}})["methods"].values()  # one job per method and value
+    assert counts.get("sweep", 0) == sum(len(values) for options in swept for values in options.values())
 
 
-def test_the_default_dag_has_at_most_40_jobs(tmp_path):
+def test_the_default_dag_has_at_most_45_jobs(tmp_path):
     result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _job_counts(result.stdout)["total"] <= 40
+    assert _job_counts(result.stdout)["total"] <= 45
 
 
 def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path):
@@ -92,9 +95,11 @@ BAD = {
     "head of another method": ({"methods": {"clover2": {"head": "medusa"}}}, "methods.clover2.head"),
     "misspelt key": ({"bench": {"repeat": 3}}, "repeat"),
     "token budget of a task not benched": ({"bench": {"task_max_new_tokens": {"qa": 64}}}, "bench.task_max_new_tokens"),
-    "sweep over a training option": ({"sweep": {"option": "noise"}}, "sweep.option"),
-    "sweep of a method without a head": ({"sweep": {"method": "vanilla"}}, "sweep.method"),
-    "sweep value unfit for a path": ({"sweep": {"values": ["a/b"]}}, "values"),
+    "sweep over a training option": ({"sweep": {"methods": {"eagle2": {"noise": [1]}}}}, "sweep.methods.eagle2.noise"),
+    "sweep of a method without a head": ({"sweep": {"methods": {"vanilla": {"tree": ["chain_3"]}}}}, "sweep.methods.vanilla"),
+    "sweep of an unknown tree": ({"sweep": {"methods": {"eagle": {"tree": ["chain_99"]}}}}, "sweep.methods.eagle.tree"),
+    "sweep value unfit for a path": ({"sweep": {"methods": {"eagle": {"tree": ["a/b"]}}}}, "['sweep']['methods']['eagle']['tree']"),
+    "drafting option of a method without a head": ({"methods": {"self": {"drafting": {"tree": "chain_3"}}}}, "methods.self.drafting"),
 }
 
 
@@ -129,6 +134,7 @@ def test_train_flags_merge_shared_and_per_head_settings():
     flags = train_flags(config, "clover2")
     assert "--max-steps 2" in flags and "--lr 0.002" in flags and "--option heads=3" in flags
     assert "--schedule constant_with_warmup" in flags
+    assert "--option draft_vocab=2048" in flags  # the shared options stay unless the head overrides them
 
 
 def test_stage_times_add_up_each_stage_from_snakemake_benchmark_files(tmp_path):
@@ -176,12 +182,17 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     assert set(greedy) == set(config["methods"]) and all(report["passed"] for report in greedy.values())
     heads = [root / "heads" / head for head in config["heads"]]
     assert all((head / "head.safetensors").is_file() for head in heads)
+    teacher = json.loads((root / "teacher" / "teacher.json").read_text())
+    assert teacher["examples"] == config["teacher"]["conversations"] and teacher["source"]["answers"] == "target"
+    for head in heads:  # every head trained from the one teacher pass, over its draft vocabulary
+        assert json.loads((head / "training.json").read_text())["config"]["teacher_cache"] == f"{root.relative_to(tmp_path)}/teacher"
+        assert load_file(head / "head.safetensors")["vocab.ids"].numel() == config["training"]["options"]["draft_vocab"]
     tables, _ = build_tables(bench, reports, heads)
     assert set(config["methods"]) <= set(tables["speedup_T0"].index)
     latex = (tmp_path / "results" / "tables.tex").read_text()
     assert latex.count(r"\begin{table}") >= len(tables) and r"\toprule" in latex
     assert "quality" in latex and (tmp_path / "paper" / "main.tex").is_file()
-    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 5  # with the tree-size sweep's
-    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 8  # each stage benchmarked
+    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 7  # with the sweep, verify-cost and learning curves
+    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 9  # each stage benchmarked
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
     shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights

@@ -60,22 +60,21 @@ rule lossless:
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1 || [ $? -eq 1 ]"
 
 
-# The tree-size sweep: one trained method decoded with one value of one drafting option on every sweep
-# task (T = 0, no baseline: only τ is plotted), otherwise exactly a bench job.
-SWEEP = config.get("sweep") or {"method": METHODS[0], "tasks": []}
+# The tree-size sweep: one job per swept method and value of its drafting option, decoding every sweep
+# task (T = 0, no baseline: only τ and the verification time are plotted), otherwise exactly a bench job.
+SWEEP_TASKS = (config.get("sweep") or {}).get("tasks", [])
 
 
 use rule bench as sweep with:
     input:
-        heads=sorted(wf.method_heads(config, [SWEEP["method"]]).values()),
+        heads=lambda w: sorted(wf.method_heads(config, [w.method]).values()),
         target=f"{TARGET}/target",
-        questions=[wf.question_file(task) for task in SWEEP["tasks"]],
+        questions=[wf.question_file(task) for task in SWEEP_TASKS],
     output:
         f"{TARGET}/sweep/{{method}}/{{option}}/{{value}}.jsonl",
     params:
-        methods=lambda w: wf.method_flags(config, [w.method]),
-        run=lambda w: f"--draft-option {w.option}={w.value} --temperature 0 --limit {wf.sweep_questions(config)} "
-        f"--max-new-tokens {config['bench']['max_new_tokens']}",
+        methods=lambda w: wf.method_flags(config, [w.method], {w.option: w.value}),
+        run=f"--temperature 0 --limit {wf.sweep_questions(config)} --max-new-tokens {config['bench']['max_new_tokens']}",
         bench=config["bench"],
     log:
         f"{TARGET}/logs/sweep/{{method}}/{{option}}/{{value}}.log",

@@ -1,15 +1,41 @@
 # One draft head per key of `heads`, by distillation from the frozen target. An interrupted job
 # resumes from `<head>.partial/` (clover2 train's checkpoints); the head directory appears atomically.
+# With a `teacher:` section the target's signals (u, h, top-k logits) are computed once, by the
+# teacher rule, and every head trains from them without running the target.
+TEACHER = [f"{TARGET}/teacher"] if config.get("teacher") else []
+
+
+rule teacher:
+    input:
+        target=f"{TARGET}/target",
+    output:
+        directory(f"{TARGET}/teacher"),
+    params:
+        flags=wf.teacher_flags(config),
+        data=f"--data {config['training_data']}" if config.get("training_data") else "",
+    threads: workflow.cores  # alone in the DAG at its time: every head waits for it
+    resources:
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    log:
+        f"{TARGET}/logs/teacher.log",
+    benchmark:
+        f"{TARGET}/benchmarks/teacher.tsv",
+    shell:
+        "clover2 cache-teacher --target {input.target} --out {output} {params.data} {params.flags} "
+        "--threads {threads} --device {config[device]} > {log} 2>&1"
+
 
 
 rule train:
     input:
         target=f"{TARGET}/target",
+        teacher=TEACHER,
     output:
         directory(f"{TARGET}/heads/{{head}}"),
     params:
         launcher=config.get("train_launcher", "clover2"),
-        flags=lambda wildcards: wf.train_flags(config, wildcards.head),
+        flags=lambda wildcards, input: wf.train_flags(config, wildcards.head)
+        + "".join(f" --teacher-cache {path}" for path in input.teacher),
         data=f"--data {config['training_data']}" if config.get("training_data") else "",
     threads: config["threads"]
     resources:
