@@ -20,6 +20,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from clover2.atomic import atomic_write_bytes, atomic_write_text
+from clover2.draft_vocab import IDS
 from clover2.errors import Clover2Error
 from clover2.metrics import read_bench, summary, tree_size_curve, verify_cost
 from clover2.quality import gsm8k_correct, humaneval_passed
@@ -157,8 +158,9 @@ def learning_curve_table(head_dirs: Sequence[Path]) -> pd.DataFrame:
 
 
 def _parameter_count(path: Path) -> int:
+    """Trainable weights in a head file (a draft vocabulary's stored token ids are not weights)."""
     with safe_open(str(path), "pt") as weights:
-        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys() if name != IDS)
 
 
 def quality_table(frame: pd.DataFrame, questions: Sequence[Path]) -> pd.DataFrame | None:

@@ -170,7 +170,7 @@ def _head_dir(directory: Path, method: str, log: list[dict]) -> Path:
     (directory / "head.json").write_text(json.dumps({"method": method}))
     (directory / "training.json").write_text(json.dumps({"steps": log[-1]["step"], "seconds": log[-1]["seconds"]}))
     (directory / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    save_file({"w": torch.zeros(2, 3)}, str(directory / "head.safetensors"))
+    save_file({"w": torch.zeros(2, 3), "vocab.ids": torch.arange(4)}, str(directory / "head.safetensors"))
     return directory
 
 
@@ -184,6 +184,7 @@ def test_heads_add_learning_curves_of_heldout_top1_against_minutes(records, tmp_
     assert curve.loc[("clover2", 4), "minutes"] == 2.0 and curve.loc[("clover2", 4), "depth 2"] == 0.3
     assert curve.loc[("eagle", 3), "depth 1"] == 0.5 and pd.isna(curve.loc[("eagle", 3), "depth 2"])  # one depth only
     assert tables["training"].loc["clover2", "heldout_top1"] == "0.40 / 0.30"
+    assert tables["training"].loc["clover2", "trainable_params"] == 6  # the draft vocabulary's ids are not weights
     write_paper(tables, stats, tmp_path / "paper", "records")
     assert (tmp_path / "paper" / "figures" / "learning_curve.png").is_file()
     assert r"\input{tables/learning_curve}" in (tmp_path / "paper" / "main.tex").read_text()
