@@ -17,6 +17,7 @@ from tqdm import tqdm
 from clover2.errors import Clover2Error
 from clover2.sharegpt import Example, read_conversations
 from clover2.targets import Target
+from clover2.teacher import pad_id
 
 
 def first_user_turns(path: Path, count: int) -> list[str]:
@@ -33,7 +34,7 @@ def target_answers(
 ) -> list[Example]:
     """One example per prompt: the chat-formatted prompt (cut to fit `max_length`) and the target's answer, scored."""
     tokenizer, model = target.tokenizer, target.model
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else target.stop_token_ids[0]
+    pad = pad_id(target)
     budget = max_length - max_new_tokens
     if budget < 8:
         raise Clover2Error(f"target answers: max_length {max_length} leaves no room for a prompt after {max_new_tokens} new tokens")

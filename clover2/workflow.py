@@ -93,14 +93,17 @@ def train_flags(config: dict, head: str) -> str:
     settings = {**config["training"], **own}
     options = {**(config["training"].get("options") or {}), **(own.get("options") or {})}
     settings.pop("options", None)
-    flags = [f"--{key.replace('_', '-')} {value}" for key, value in settings.items()]
-    flags += [f"--option {key}={value}" for key, value in options.items()]
-    return " ".join(flags)
+    return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in options.items())])
 
 
 def teacher_flags(config: dict) -> str:
-    """`clover2 cache-teacher` flags from the `teacher` section (KEY: VALUE -> --key VALUE)."""
-    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in (config.get("teacher") or {}).items())
+    """`clover2 cache-teacher` flags from the `teacher` section."""
+    return _flags(config.get("teacher") or {})
+
+
+def _flags(settings: dict) -> str:
+    """A config section as command-line flags: KEY: VALUE -> --key VALUE."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
 
 
 def head_of(config: dict, method: str) -> str | None:
