@@ -1,0 +1,90 @@
+"""Heads trained for the same minutes, told apart by one choice (training text, draft vocabulary, ...).
+
+    python benchmarks/equal_budget.py --target results/smollm2-135m-instruct/target --minutes 5 \
+        --variant sharegpt-8k results/smollm2-135m-instruct/teacher draft_vocab=8192 \
+        --variant target-8k  /tmp/target-teacher                     draft_vocab=8192 \
+        --work /tmp/equal-budget
+
+Each variant is a label, a teacher cache (`clover2 cache-teacher`) and head options. Every head is
+trained by `clover2 train` for `--minutes` of wall time from its cache, then benched by `clover2 bench`
+at T = 0 on the same Spec-Bench questions with plain decoding interleaved. The work directory keeps
+heads and records, so an interrupted run resumes where it stopped. Prints a Markdown table: steps,
+held-out top-1 per depth, and per task τ and speedup (ratio of mean tokens/s), with their means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from clover2.metrics import read_bench, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="LABEL CACHE [KEY=VALUE]")
+    parser.add_argument("--method", default="clover2")
+    parser.add_argument("--option", action="append", default=[], help="a head option KEY=VALUE for every variant")
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--train-flags", default="--conversations 600 --heldout 16 --max-length 256 --batch-size 2 "
+                        "--lr 1e-3 --warmup-steps 20 --schedule constant_with_warmup --eval-every 50")  # fmt: skip
+    parser.add_argument("--tasks", nargs="+", default=["mt_bench", "qa", "summarization", "humaneval", "gsm8k"])
+    parser.add_argument("--questions", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, required=True)
+    args = parser.parse_args()
+    rows = []
+    for label, cache, *options in args.variant:
+        head = _train(args, label, cache, args.option + options)
+        records = [_bench(args, label, head, task) for task in args.tasks]
+        rows.append({"variant": label, **_training(head), **_speed(records, args.method)})
+        print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    (args.work / "equal_budget.json").write_text(json.dumps({"rows": rows, "settings": vars(args) | {"work": str(args.work)}}, indent=2) + "\n")
+
+
+def _train(args: argparse.Namespace, label: str, cache: str, options: list[str]) -> Path:
+    out = args.work / "heads" / label
+    if not out.is_dir():
+        flags = [f"--option={option}" for option in options]
+        _run(["clover2", "train", "--target", args.target, "--method", args.method, "--out", str(out), "--teacher-cache", cache,
+              "--minutes", str(args.minutes), "--threads", str(args.threads), *args.train_flags.split(), *flags])  # fmt: skip
+    return out
+
+
+def _bench(args: argparse.Namespace, label: str, head: Path, task: str) -> Path:
+    out = args.work / "bench" / label / f"{task}.jsonl"
+    if not out.is_file():
+        _run(["clover2", "bench", "--target", args.target, "--method", args.method, "--head", f"{args.method}={head}",
+              "--task", task, "--limit", str(args.questions), "--max-new-tokens", str(args.max_new_tokens),
+              "--temperature", "0", "--baseline", "vanilla", "--warmup", "1", "--threads", str(args.threads), "--out", str(out)])  # fmt: skip
+    return out
+
+
+def _training(head: Path) -> dict:
+    training = json.loads((head / "training.json").read_text())
+    evals = [e for e in map(json.loads, (head / "train_log.jsonl").read_text().splitlines()) if "heldout" in e]
+    top1 = evals[-1]["heldout"]["top1"] if evals else []
+    return {"steps": training["steps"], **{f"top1 d{d}": value for d, value in enumerate(top1[:3], start=1)}}
+
+
+def _speed(records: list[Path], method: str) -> dict:
+    rows = summary(read_bench(records)).query("method == @method").set_index("task")
+    speed = {f"{task} τ": rows.at[task, "tau"] for task in rows.index} | {f"{task} ×": rows.at[task, "speedup"] for task in rows.index}
+    return speed | {"mean τ": float(rows["tau"].mean()), "mean ×": float(rows["speedup"].mean())}
+
+
+def _run(command: list[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+if __name__ == "__main__":
+    main()
