@@ -2,7 +2,7 @@
 
     python benchmarks/interleaved.py --target results/targets/smollm2-135m-instruct \
         --methods vanilla hf-generate --tasks mt_bench translation summarization qa math_reasoning rag \
-        --per-task 2 --max-new-tokens 128 --threads 2 --rounds 2
+        --per-task 2 --max-new-tokens 128 --threads 2 --rounds 2 [--dtype bfloat16]
 
 Trained heads: `--methods vanilla clover2=results/heads/clover2 eagle2=results/heads/eagle`.
 
@@ -25,7 +25,7 @@ import torch
 from clover2.chat import prompt_ids
 from clover2.decoding import PHASES, DecodeConfig
 from clover2.methods import method_factory
-from clover2.targets import load_target
+from clover2.targets import DTYPES, load_target
 from clover2.tasks import load_questions
 
 
@@ -38,10 +38,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the target's (every method's) dtype")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    target = load_target(args.target)
+    target = load_target(args.target, dtype=args.dtype)
     decoders = {}
     for entry in args.methods:
         name, _, head = entry.partition("=")

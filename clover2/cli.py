@@ -44,7 +44,6 @@ def _setup(args: argparse.Namespace):
     """Check the cheap arguments first, then load the target and build every method for it."""
     import torch
 
-    from clover2.targets import load_target
     from clover2.tasks import load_questions, read_questions
 
     if args.limit is not None and args.limit < 0:
@@ -58,10 +57,19 @@ def _setup(args: argparse.Namespace):
         args.task = ",".join(dict.fromkeys(q.task for q in questions))
     else:
         questions = load_questions(args.task, limit=args.limit, ids=args.ids)
-    args.device = args.device or _default_device()
-    args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
-    target = load_target(args.target, device=args.device, dtype=args.dtype)
+    target = _load_target(args)
     return target, [(name, make(target.model)) for name, make in factories], questions, config
+
+
+def _load_target(args: argparse.Namespace):
+    """The target on --device in --dtype; the dtype chosen, and why, land in the command's provenance."""
+    from clover2.targets import load_target, resolve_dtype
+
+    args.device = args.device or _default_device()
+    args.dtype, args.dtype_reason = resolve_dtype(args.dtype, args.device)
+    if args.dtype_reason.startswith("auto: fell back"):
+        print(f"warning: dtype {args.dtype_reason}", file=sys.stderr)
+    return load_target(args.target, device=args.device, dtype=args.dtype)
 
 
 def _method_factories(args: argparse.Namespace) -> list:
@@ -135,10 +143,13 @@ def _check_lossless(args: argparse.Namespace) -> int:
     if config.temperature == 0:
         reports = check_greedy(target, runs, questions, config)
         for name, report in reports.items():
-            print(f"{name} on {args.task}: {report.turns_identical}/{report.turns_checked} turns identical to plain decoding")
-            for miss in report.mismatches:
-                print(f"  question {miss.question_id} turn {miss.turn}: first difference at new token {miss.position}")
-                print(f"    plain:  {miss.plain!r}\n    {name}: {miss.method!r}")
+            print(f"{name} on {args.task} ({args.dtype}): {report.turns_identical}/{report.turns_checked} turns identical to "
+                  f"plain decoding, {len(report.near_ties)} diverged at a near-tie, {len(report.mismatches)} mismatched")  # fmt: skip
+            for kind, divergences in (("near-tie", report.near_ties), ("MISMATCH", report.mismatches)):
+                for d in divergences:
+                    print(f"  {kind}: question {d.question_id} turn {d.turn}, new token {d.position}: margins plain "
+                          f"{d.plain_margin}, {name} {d.method_margin} (tolerance {d.tolerance:.3g}; {name} kept its target's argmax: {d.method_chose_argmax})")  # fmt: skip
+                    print(f"    plain:  {d.plain!r}\n    {name}: {d.method!r}")
     else:
         prompt = prompt_ids(target.tokenizer, questions[0].turns[:1], []) if questions else []
         if not prompt:
@@ -204,7 +215,6 @@ def _cache_teacher(args: argparse.Namespace) -> None:
 
     from clover2.sharegpt import load_examples
     from clover2.target_answers import first_user_turns, target_answers
-    from clover2.targets import load_target
     from clover2.teacher import write_teacher_cache
 
     if args.top_k < 1 or args.conversations < 1:
@@ -212,7 +222,7 @@ def _cache_teacher(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = _training_data(args)
-    target = load_target(args.target, device=args.device or _default_device())
+    target = _load_target(args)
     if args.answers == "target":
         prompts = first_user_turns(data, args.conversations)
         examples = target_answers(target, prompts, args.answer_tokens, args.max_length, args.answer_temperature, args.batch_size)
@@ -220,7 +230,7 @@ def _cache_teacher(args: argparse.Namespace) -> None:
     else:
         examples = load_examples(target.tokenizer, data, args.conversations, args.max_length)
         answers = {"answers": "sharegpt"}
-    out = write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size, answers | {"data": str(data)})
+    out = write_teacher_cache(target, examples, args.out, args.top_k, args.batch_size, answers | {"data": str(data), "dtype": args.dtype})
     print(f"teacher cache ready: {out}")
 
 
@@ -335,7 +345,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: float16 on GPU, float32 on CPU")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="auto: bf16 on a CPU with avx512_bf16 or amx_bf16 (else float32), float16 on GPU; "
+                        "default: float16 on GPU, float32 on CPU")  # fmt: skip
     parser.add_argument("--kernels", choices=["auto", "triton", "torch"], help="verification kernels (default auto: Triton on CUDA)")
 
 
@@ -413,6 +425,8 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--answer-temperature", type=float, default=0.0, help="--answers target: 0 greedy, > 0 sampled")
     cache.add_argument("--threads", type=int)
     cache.add_argument("--device")
+    cache.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                       help="the target's, as bench runs it (default: float16 on GPU, float32 on CPU)")  # fmt: skip
     cache.set_defaults(func=_cache_teacher)
 
     kernels = verbs.add_parser("kernels-bench", help="time the tree-attention kernel against SDPA and eager (GPU)")

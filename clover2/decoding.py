@@ -22,6 +22,7 @@ from clover2.tree import DraftTree
 from clover2.verify import AcceptRule, default_acceptance
 
 PHASES = ("prefill", "draft", "verify", "bookkeeping")
+TOP_LOGITS = 8  # logits kept per new token with DecodeConfig.record_top_logits
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DecodeConfig:
     max_new_tokens: int = 1024
     max_length: int = 1960  # prompt + new tokens
     seed: int = 0
+    record_top_logits: bool = False  # keep each new token's logit and its row's top logits (the losslessness check reads them)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -49,6 +51,9 @@ class TurnRecord:
     accept_lengths: list[int] = field(default_factory=list)  # tokens kept per step; one entry per step
     failed_depths: list[int | None] = field(default_factory=list)  # per speculative step: first rejected depth
     tree_sizes: list[int] = field(default_factory=list)  # per speculative step: drafted nodes, the root excluded
+    # With DecodeConfig.record_top_logits, per new token, from the target's logits row that emitted it: the
+    # token's own logit, and the row's TOP_LOGITS best token ids and logits (row_tops).
+    top_logits: list[tuple[float, list[int], list[float]]] = field(default_factory=list)
     stop_reason: str = ""  # "stop_token" | "max_new_tokens" | "max_length"
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
@@ -163,6 +168,14 @@ def keep_path(cache: DynamicCache, prefix: int, path: list[int]) -> None:
         cache.crop(-excess)  # transformers 5.24: a negative count removes that many entries
 
 
+def row_tops(rows: torch.Tensor, tokens: list[int], k: int = TOP_LOGITS) -> list[tuple[float, list[int], list[float]]]:
+    """Per token emitted from one logits row: its own logit, and the row's top-k token ids and logits."""
+    rows = rows.float()
+    own = rows.gather(-1, torch.tensor(tokens, device=rows.device).view(-1, 1)).view(-1).tolist()
+    top = rows.topk(k, dim=-1)
+    return list(zip(own, top.indices.tolist(), top.values.tolist()))
+
+
 def _take_tokens(record: TurnRecord, tokens: list[int], stops: set[int], budget: int) -> bool:
     """Append a step's tokens up to the first stop token or the budget; True when the turn is over."""
     kept = 0
@@ -212,6 +225,8 @@ def generate(
             root = int(sample(logits[-1], config.temperature, generator))
             drafter.prefill(prompt, tap.take())
         finished = _take_tokens(record, [root], stops, budget)
+        if config.record_top_logits:
+            record.top_logits += row_tops(logits[-1:], [root])
         while not finished:
             with clock.phase("draft"):
                 tree = drafter.draft(root, config.temperature, generator)
@@ -225,7 +240,11 @@ def generate(
                 drafter.accept(kept, tap.take(result.path))
                 record.failed_depths.append(result.failed_depth)
                 record.tree_sizes.append(len(tree.tokens) - 1)
-                finished = _take_tokens(record, [*kept[1:].tolist(), result.bonus], stops, budget)
+                emitted = [*kept[1:].tolist(), result.bonus]  # emitted[i] is chosen from logits[result.path[i]]
+                finished = _take_tokens(record, emitted, stops, budget)
+                if config.record_top_logits:
+                    kept_now = record.accept_lengths[-1]
+                    record.top_logits += row_tops(logits[result.path[:kept_now]], emitted[:kept_now])
                 root = result.bonus
     finally:
         tap.close()

@@ -51,6 +51,7 @@ def _question_row(record: dict, source: str) -> dict:
         "category": record["category"],
         "question_id": record["question_id"],
         "temperature": float(config["temperature"]),
+        "dtype": config["dtype"],
         "repeat": int(config.get("repeat", 0)),
         "new_tokens": sum(t["new_tokens"] for t in turns),
         "steps": sum(t["steps"] for t in turns),

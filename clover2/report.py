@@ -47,11 +47,15 @@ TASK_LABELS = {"mt_bench": "MT-Bench", "translation": "Transl.", "summarization"
                "math_reasoning": "Math", "rag": "RAG", "humaneval": "HumanEval", "gsm8k": "GSM8K"}  # fmt: skip
 
 
-def title(name: str) -> str:
+def title(name: str, table: pd.DataFrame | None = None) -> str:
+    """A table's caption, with the dtype its runs decoded in when the table carries one (`attrs["dtype"]`)."""
     if name.startswith("speedup_T"):
         temperature = name.removeprefix("speedup_T").replace("p", ".")
-        return f"Speedup over plain decoding (ratio of mean tokens/s over questions) and τ at T = {temperature}"
-    return TITLES[name]
+        text = f"Speedup over plain decoding (ratio of mean tokens/s over questions) and τ at T = {temperature}"
+    else:
+        text = TITLES[name]
+    dtype = table.attrs.get("dtype") if table is not None else None
+    return f"{text}; the target in {dtype}" if dtype else text
 
 
 def speedup_tables(stats: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -123,11 +127,12 @@ def lossless_table(paths: Sequence[Path]) -> pd.DataFrame:
         config = document["provenance"]["config"]
         for method, report in document["reports"].items():
             if "turns_checked" in report:
-                check = f"{report['turns_identical']}/{report['turns_checked']} turns identical"
+                check = (f"{report['turns_identical']}/{report['turns_checked']} identical, {len(report['near_ties'])} near-tie, "
+                         f"{len(report['mismatches'])} mismatch")  # fmt: skip
             else:
                 check = f"chi2 p = {report['p_value']:.3f} ({report['samples']} samples)"
             rows.append({"method": method, "task": config["task"], "temperature": float(config["temperature"]),
-                         "check": check, "result": "pass" if report["passed"] else "FAIL"})  # fmt: skip
+                         "dtype": config["dtype"], "check": check, "result": "pass" if report["passed"] else "FAIL"})  # fmt: skip
     return pd.DataFrame(rows).sort_values(["temperature", "method", "task"]).set_index(["temperature", "method", "task"])
 
 
@@ -253,6 +258,11 @@ def build_tables(
     cost = verify_cost(pd.concat([frame, swept], ignore_index=True))  # concat drops a None
     if len(cost):
         tables["verify_cost"] = cost.set_index(["method", "drafting"])
+    dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
+    speed = ("speedup_T", "speedup_ci", "throughput", "depth", "time_split", "tree_size", "verify_cost")
+    for name in tables:
+        if name.startswith(speed):
+            tables[name].attrs["dtype"] = dtypes  # every speed is measured against plain decoding in its own job's dtype
     return tables, stats
 
 
@@ -274,7 +284,7 @@ def to_latex(name: str, table: pd.DataFrame) -> str:
     # A cell the run did not fill (say, a task the paper reports and this run skipped) shows a dash.
     body = _labelled(table).style.format(escape="latex", precision=2, na_rep="--")
     body = body.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    latex = body.to_latex(hrules=True, caption=_latex_text(title(name)), label=f"tab:{name}", position="H",
+    latex = body.to_latex(hrules=True, caption=_latex_text(title(name, table)), label=f"tab:{name}", position="H",
                           position_float="centering", multicol_align="c")  # fmt: skip
     # Placed where written ([H]): a table reads in its section, not on a page of floats. One font
     # size for every table, small enough that the widest (two columns per task) fits the page.
@@ -290,7 +300,7 @@ def write_tables(tables: dict[str, pd.DataFrame], latex: Path, markdown: Path | 
 
 
 def markdown_text(tables: dict[str, pd.DataFrame]) -> str:
-    return "\n\n".join(f"### {title(name)}\n\n{_markdown(table)}" for name, table in tables.items()) + "\n"
+    return "\n\n".join(f"### {title(name, table)}\n\n{_markdown(table)}" for name, table in tables.items()) + "\n"
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -31,7 +31,7 @@ def _turn(tokens: int, seconds: float, lengths: list[int] | None = None, failed:
 def _row(
     method: str, question: str, turns: list[dict], task: str = "mt_bench", temperature: float = 0, repeat: int = 0, drafting=None
 ) -> dict:
-    config = {"temperature": temperature, "repeat": repeat, "draft_option": drafting}
+    config = {"temperature": temperature, "repeat": repeat, "draft_option": drafting, "dtype": "float32"}
     return {"task": task, "question_id": question, "category": "writing", "method": method, "turns": turns, "provenance": {"config": config}}
 
 

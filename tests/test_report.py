@@ -188,3 +188,15 @@ def test_heads_add_learning_curves_of_heldout_top1_against_minutes(records, tmp_
     write_paper(tables, stats, tmp_path / "paper", "records")
     assert (tmp_path / "paper" / "figures" / "learning_curve.png").is_file()
     assert r"\input{tables/learning_curve}" in (tmp_path / "paper" / "main.tex").read_text()
+
+
+def test_speed_tables_name_the_dtype_and_the_lossless_table_counts_identical_near_tie_and_mismatch(records, tmp_path):
+    greedy = {"turns_checked": 4, "turns_identical": 2, "near_ties": [{}], "mismatches": [{}], "passed": False}
+    report = tmp_path / "T0.json"
+    report.write_text(json.dumps({"reports": {"clover2": greedy}, "provenance": {"config": {"task": "qa", "temperature": 0.0, "dtype": "bfloat16"}}}))
+    tables, _ = build_tables(records, [report])
+    row = tables["lossless"].loc[(0.0, "clover2", "qa")]
+    assert (row["check"], row["dtype"], row["result"]) == ("2/4 identical, 1 near-tie, 1 mismatch", "bfloat16", "FAIL")
+    assert title("speedup_T0", tables["speedup_T0"]).endswith("at T = 0; the target in float32")
+    assert title("throughput", tables["throughput"]).endswith("; the target in float32")
+    assert title("lossless", tables["lossless"]) == "Losslessness against plain decoding"  # its dtype is a column

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LlamaForCausalLM
 
 from clover2.chat import CHAT_TEMPLATES, prompt_ids
 from clover2.errors import Clover2Error
-from clover2.targets import MARKER, load_target, prepare_target
+from clover2.targets import MARKER, load_target, prepare_target, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,15 @@ def test_load_refuses_a_target_without_weights(tmp_path: Path, tiny_llama, smoll
 def test_load_refuses_an_unknown_dtype(smollm2_dir: Path):
     with pytest.raises(Clover2Error, match="unknown dtype 'fp8'"):
         load_target(smollm2_dir, dtype="fp8")
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_has_it_and_float32_with_the_reason_where_not(tmp_path: Path):
+    with_bf16, without = tmp_path / "amx", tmp_path / "old"
+    with_bf16.write_text("flags\t: fpu sse2 avx512f avx512_bf16 amx_bf16\n")
+    without.write_text("flags\t: fpu sse2 avx2\n")
+    assert resolve_dtype("auto", "cpu", with_bf16) == ("bfloat16", "auto: the CPU has avx512_bf16, amx_bf16")
+    dtype, reason = resolve_dtype("auto", "cpu", without)
+    assert dtype == "float32" and "fell back" in reason
+    assert resolve_dtype("auto", "cuda:0", without)[0] == "float16"
+    assert resolve_dtype(None, "cpu", with_bf16) == ("float32", "default on the CPU")  # auto only when asked
+    assert resolve_dtype("float16", "cpu", without) == ("float16", "requested")

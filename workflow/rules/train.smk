@@ -22,7 +22,7 @@ rule teacher:
         f"{TARGET}/benchmarks/teacher.tsv",
     shell:
         "clover2 cache-teacher --target {input.target} --out {output} {params.data} {params.flags} "
-        "--threads {threads} --device {config[device]} > {log} 2>&1"
+        "--threads {threads} --device {config[device]} --dtype {config[dtype]} > {log} 2>&1"
 
 
 
