@@ -11,6 +11,8 @@ from pathlib import Path
 
 from clover2.errors import Clover2Error
 
+DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]  # auto: clover2.targets.resolve_dtype
+
 
 def _prepare_target(args: argparse.Namespace) -> None:
     from clover2.targets import prepare_target
@@ -345,7 +347,7 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES,
                         help="auto: bf16 on a CPU with avx512_bf16 or amx_bf16 (else float32), float16 on GPU; "
                         "default: float16 on GPU, float32 on CPU")  # fmt: skip
     parser.add_argument("--kernels", choices=["auto", "triton", "torch"], help="verification kernels (default auto: Triton on CUDA)")
@@ -425,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--answer-temperature", type=float, default=0.0, help="--answers target: 0 greedy, > 0 sampled")
     cache.add_argument("--threads", type=int)
     cache.add_argument("--device")
-    cache.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+    cache.add_argument("--dtype", choices=DTYPE_CHOICES,
                        help="the target's, as bench runs it (default: float16 on GPU, float32 on CPU)")  # fmt: skip
     cache.set_defaults(func=_cache_teacher)
 
