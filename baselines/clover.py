@@ -27,9 +27,9 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
+from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.tree import DraftTree
 
 QK_INIT_NOISE = 0.01  # W_Q, W_K = I + U[0, 0.01)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.drafter import TargetStates, grow_static_tree
+from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
 from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.tree import DraftTree, grow_dynamic_tree, official_eagle2_settings, static_tree
 

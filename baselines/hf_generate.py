@@ -22,8 +22,8 @@ PROMPT_LOOKUP_TOKENS = 10  # transformers' default candidate length for prompt l
 class _ForwardProbe:
     """Hooks that time every forward pass of `model` and note the cache length it starts from."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.clock = Stopwatch(model.device)
+    def __init__(self, model: PreTrainedModel, timing: str) -> None:
+        self.clock = Stopwatch(model.device, timing)
         self.cache_lengths: list[int] = []
         self._started = 0.0
         self._handles = [
@@ -84,8 +84,7 @@ def hf_generate(
         pad_token_id=stop_token_ids[0],
         prompt_lookup_num_tokens=prompt_lookup_tokens,
     )
-    probe = _ForwardProbe(model)
-    started = time.perf_counter()
+    probe = _ForwardProbe(model, config.timing)
     try:
         input_ids = torch.tensor([list(prompt_ids)], device=model.device)
         output = model.generate(
@@ -93,12 +92,11 @@ def hf_generate(
         )
     finally:
         probe.remove()
-    record.wall_seconds = time.perf_counter() - started
+    probe.clock.finish(record)
     record.tokens = output[0, len(prompt_ids) :].tolist()
     if record.tokens and record.tokens[-1] in stop_token_ids:
         record.stop_reason = "stop_token"
     record.accept_lengths = _accept_lengths(probe.cache_lengths, len(prompt_ids), len(record.tokens))
-    record.seconds = probe.clock.seconds
     # What generate did around the forwards (sampling, stopping checks, candidate lookup) is bookkeeping.
     record.seconds["bookkeeping"] = record.wall_seconds - record.seconds["prefill"] - record.seconds["verify"]
     return record

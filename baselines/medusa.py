@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from clover2.draft_head import DraftHead, HeadLoss, TrainBatch, register
 from clover2.draft_vocab import DraftVocab
 from clover2.drafter import TargetStates, grow_static_tree
 from clover2.errors import Clover2Error
+from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, register
 from clover2.losses import cross_entropy, topk_hits
 from clover2.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from clover2.cli import _options
-from clover2.draft_head import head_class
 from clover2.draft_vocab import frequent_tokens
+from clover2.head_protocol import head_class
 from clover2.sharegpt import SHAREGPT_FILE, Example, collate
 from clover2.target_answers import first_user_turns, target_answers
 from clover2.targets import load_target

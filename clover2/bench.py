@@ -14,8 +14,8 @@ from tqdm import tqdm
 from clover2.chat import prompt_ids
 from clover2.decoding import DecodeConfig, TurnRecord, turn_generator
 from clover2.methods import DecodeTurn
-from clover2.tasks import Question
 from clover2.targets import Target
+from clover2.tasks import Question
 
 WARMUP_TOKENS = 8  # warm-up only has to run every code path once (several draft-verify steps), not answer
 

@@ -37,6 +37,7 @@ def _decode_config(args: argparse.Namespace):
             max_new_tokens=args.max_new_tokens,
             max_length=args.max_length,
             seed=args.seed,
+            timing=getattr(args, "timing", "phases"),
         )
     except ValueError as error:
         raise Clover2Error(f"{args.verb}: {error}") from None
@@ -263,12 +264,12 @@ def _kernels_bench(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.shapes) - {"smollm2", "7b"})
     if unknown:
         raise Clover2Error(f"kernels-bench --shapes: unknown {', '.join(unknown)} (expected smollm2, 7b)")
-    from clover2.kernels import bench
+    from clover2 import kernel_bench
 
-    report = {"attention": bench.attention_rows(args.shapes, args.tree_sizes, args.prefixes, DTYPES[args.dtype], device, args.repeats)}
+    report = {"attention": kernel_bench.attention_rows(args.shapes, args.tree_sizes, args.prefixes, DTYPES[args.dtype], device, args.repeats)}
     if args.target:
         target = load_target(args.target, device=args.device, dtype=args.dtype)
-        report["verify_step"] = bench.verify_rows(target, args.tree_sizes, args.prefixes, args.repeats)
+        report["verify_step"] = kernel_bench.verify_rows(target, args.tree_sizes, args.prefixes, args.repeats)
     for part, rows in report.items():
         print(f"## {part} ({args.dtype}, median ms over {args.repeats}; *_over_kernel > 1: the kernel is faster)")
         print(pd.DataFrame(rows).to_string(index=False))
@@ -277,16 +278,55 @@ def _kernels_bench(args: argparse.Namespace) -> None:
         atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
 
 
-def _report(args: argparse.Namespace) -> None:
-    from clover2.report import build_tables, write_tables
+def _step_cost(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
 
-    from clover2.report import write_paper
+    from clover2 import step_cost
+    from clover2.atomic import atomic_write_text
+    from clover2.provenance import provenance
+    from clover2.targets import resolve_dtype
+
+    args.device = args.device or _default_device()
+    args.dtype, args.dtype_reason = resolve_dtype(args.dtype, args.device)
+    args.backends = args.backends or (["torch", "triton"] if args.device.startswith("cuda") else ["torch"])
+    if "triton" in args.backends and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Clover2Error(f"step-cost --kernels triton on {args.device}: Triton needs a CUDA device (or TRITON_INTERPRET=1)")
+    published = args.published if args.published and args.published.is_file() else None
+    if published is None:
+        print(f"clover2 step-cost: {args.published} not found; no projected speedups", file=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = step_cost.Settings(args.prompts, args.prompt_tokens, args.new_tokens, args.warmup_tokens, args.seed, args.profile)
+    methods = args.method or [*step_cost.PLAIN_METHODS, *_head_methods()]
+    record = provenance(_settings(args), torch.device(args.device), args.seed)
+
+    def save(rows: list[dict]) -> None:
+        if args.out:
+            atomic_write_text(args.out, json.dumps({"rows": rows, "provenance": record}, indent=2) + "\n")
+
+    rows = step_cost.run_step_cost(args.shapes, args.target, methods, args.backends, args.device, args.dtype, settings, published, save)
+    columns = ["target", "method", "kernels", "tree_size", "tau", "plain_ms_per_token", "ms_per_step", "draft_ms",
+               "verify_ms", "bookkeeping_ms", "sync_overhead", "projected_speedup"]  # fmt: skip
+    print(f"## ms per step after the prefill ({args.dtype}, {args.device}; medians over {args.prompts} prompts)")
+    print(pd.DataFrame(rows)[columns].to_string(index=False, float_format="{:.2f}".format))
+
+
+def _head_methods() -> list[str]:
+    from clover2.head_protocol import head_methods
+
+    return head_methods()
+
+
+def _report(args: argparse.Namespace) -> None:
+    from clover2.report import build_tables, write_paper, write_tables
 
     published = args.published if args.published and args.published.is_file() else None
     if args.published and published is None:
         print(f"clover2 report: {args.published} not found; no published-vs-reproduced table", file=sys.stderr)
     tables, stats = build_tables(
-        args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name, args.sweep
+        args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name, args.sweep,
+        args.step_cost,
     )
     write_tables(tables, args.out, args.markdown)
     if args.paper:
@@ -359,7 +399,7 @@ class _MethodAction(argparse._AppendAction):
 
     @property
     def help(self) -> str:
-        from clover2.draft_head import head_methods
+        from clover2.head_protocol import head_methods
         from clover2.methods import METHODS
 
         return (f"a decoding method (repeatable: all decode the same questions in one process): {', '.join(METHODS)}; "
@@ -385,6 +425,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=3, help="warm-up generations excluded from the records")
     run.add_argument("--repeat", type=int, default=0, help="which timing repeat this run is (recorded in the provenance)")
     run.add_argument("--baseline", help="also decode every question with this method (e.g. vanilla), once, interleaved")
+    run.add_argument("--timing", choices=["turn", "phases"], default="turn",
+                     help="turn: one device sync per turn, for tokens/s; phases: a sync around every phase, for the "
+                     "time split (4 syncs a step on a GPU; on a CPU both are the same)")  # fmt: skip
     run.add_argument("--out", type=Path, required=True)
     run.set_defaults(func=_bench)
 
@@ -457,8 +500,31 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--published", type=Path, help="the paper's numbers (CSV), for the published-vs-reproduced table")
     report.add_argument("--target-name", default="", help="this run's target, as named in the published CSV")
     report.add_argument("--sweep", type=Path, nargs="*", default=[], help="bench files of a tree-size sweep (--draft-option runs)")
+    report.add_argument("--step-cost", type=Path, nargs="*", default=[], help="clover2 step-cost files (JSON)")
     report.add_argument("--paper", type=Path, help="also write DIR/tables/*.tex, DIR/figures/* and DIR/main.tex")
     report.set_defaults(func=_report)
+
+    cost = verbs.add_parser("step-cost", help="ms per plain token and per speculative step (draft/verify/bookkeeping) "
+                            "per target shape, method and kernel backend, with the paper's τ projected onto them")  # fmt: skip
+    cost.add_argument("--shapes", nargs="*", default=["smollm2-135m", "vicuna-7b", "llama3-8b"],
+                      help="random-weight targets of these shapes: tiny, smollm2-135m, vicuna-7b, llama3-8b")  # fmt: skip
+    cost.add_argument("--target", type=Path, nargs="*", default=[], help="prepared targets to time as well")
+    cost.add_argument("--method", nargs="+", help="default: vanilla, hf-generate and every head method (untrained)")
+    cost.add_argument("--kernels", dest="backends", nargs="+", choices=["torch", "triton"], help="default: both on CUDA, torch on a CPU")
+    cost.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    cost.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: float16 on GPU, float32 on CPU")
+    cost.add_argument("--prompts", type=int, default=3, help="random prompts per target (medians over them)")
+    cost.add_argument("--prompt-tokens", type=int, default=256)
+    cost.add_argument("--new-tokens", type=int, default=64, help="tokens per decode (no stop token)")
+    cost.add_argument("--warmup-tokens", type=int, default=16, help="per method and backend, before timing")
+    cost.add_argument("--seed", type=int, default=0)
+    cost.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    cost.add_argument("--published", type=Path, default=Path("../shared/reference/clover2_published.csv"),
+                      help="the paper's numbers (CSV): τ for the projected speedups")  # fmt: skip
+    cost.add_argument("--profile", type=Path, help="also profile one decode per method and backend (torch.profiler): "
+                      "DIR/TARGET-METHOD-KERNELS.trace.json (Chrome trace, phases labelled) and .ops.txt")  # fmt: skip
+    cost.add_argument("--out", type=Path, help="write the rows and provenance (JSON) here")
+    cost.set_defaults(func=_step_cost)
 
     pdf = verbs.add_parser("paper-pdf", help="build DIR/main.pdf with latexmk; fails on a LaTeX error, a missing figure, "
                            "an undefined reference or a table wider than the page")  # fmt: skip

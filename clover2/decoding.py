@@ -22,6 +22,10 @@ from clover2.tree import DraftTree
 from clover2.verify import AcceptRule, default_acceptance
 
 PHASES = ("prefill", "draft", "verify", "bookkeeping")
+# "phases": every phase ends in a device synchronisation, so GPU work is charged to its own phase
+# (4 syncs a step). "turn": no sync inside the turn, one at its end; the phase times are then what the
+# host spent in each phase, exact only where the device has no queue of its own (CPU).
+TIMINGS = ("phases", "turn")
 TOP_LOGITS = 8  # logits kept per new token with DecodeConfig.record_top_logits
 
 
@@ -34,8 +38,11 @@ class DecodeConfig:
     max_length: int = 1960  # prompt + new tokens
     seed: int = 0
     record_top_logits: bool = False  # keep each new token's logit and its row's top logits (the losslessness check reads them)
+    timing: str = "phases"  # one of TIMINGS
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {self.timing!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.max_new_tokens < 1 or self.max_length < 1:
@@ -57,6 +64,8 @@ class TurnRecord:
     stop_reason: str = ""  # "stop_token" | "max_new_tokens" | "max_length"
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     wall_seconds: float = 0.0
+    timing: str = "phases"  # DecodeConfig.timing of the run
+    phases_exact: bool = True  # `seconds` charge device work to its own phase (synchronised, or a CPU)
 
     @property
     def new_tokens(self) -> int:
@@ -76,19 +85,36 @@ class TurnRecord:
 
 
 class Stopwatch:
-    """Accumulates wall time per phase; synchronises CUDA so GPU work is charged to its own phase."""
+    """Wall time per phase and per turn; with timing "phases" it synchronises CUDA around every phase."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, timing: str = "phases") -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.timing = timing
+        self.device_sync = torch.cuda.synchronize if device.type == "cuda" else None
+        self.phases_exact = timing == "phases" or self.device_sync is None
+        self.started = time.perf_counter()
+
+    def sync(self) -> None:
+        """Wait for the device's queued work when phases are timed (a no-op on a CPU or with timing "turn")."""
+        if self.timing == "phases" and self.device_sync is not None:
+            self.device_sync()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         self.sync()
         start = time.perf_counter()
-        yield
+        with torch.profiler.record_function(name):  # a labelled range in profiles (clover2 step-cost --profile)
+            yield
         self.sync()
         self.seconds[name] += time.perf_counter() - start
+
+    def finish(self, record: TurnRecord) -> None:
+        """Write the turn's times into `record`; the turn's own wall time always waits for the device."""
+        if self.device_sync is not None:
+            self.device_sync()
+        record.wall_seconds = time.perf_counter() - self.started
+        record.seconds = self.seconds
+        record.timing, record.phases_exact = self.timing, self.phases_exact
 
 
 def turn_generator(seed: int, question_id: str, turn: int, device: torch.device) -> torch.Generator:
@@ -214,9 +240,8 @@ def generate(
         return record
     device = model.device
     stops = set(stop_token_ids)
-    clock = Stopwatch(device)
+    clock = Stopwatch(device, config.timing)
     tap = StateTap(model, drafter.needs_states)
-    started = time.perf_counter()
     cache = DynamicCache(config=model.config)
     try:
         with clock.phase("prefill"):
@@ -248,6 +273,5 @@ def generate(
                 root = result.bonus
     finally:
         tap.close()
-    record.seconds = clock.seconds
-    record.wall_seconds = time.perf_counter() - started
+    clock.finish(record)
     return record

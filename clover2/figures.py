@@ -56,9 +56,12 @@ def depth_figure(stats: pd.DataFrame):
 
 
 def time_split_figure(stats: pd.DataFrame):
-    """Where the wall time goes, per method (T = 0, mean over tasks)."""
+    """Where the wall time goes, per method (T = 0, mean over tasks); None without exact phase times."""
     shares = [c for c in stats.columns if c.endswith("_share")]
-    table = stats[stats["temperature"] == 0].groupby("method")[shares].mean().rename(columns=lambda c: c.removesuffix("_share"))
+    exact = stats[stats["temperature"] == 0].dropna(subset=shares, how="all")
+    if exact.empty:  # no phase was timed exactly (timing "turn" on a GPU)
+        return None
+    table = exact.groupby("method")[shares].mean().rename(columns=lambda c: c.removesuffix("_share"))
     axes = table.plot.barh(stacked=True)
     axes.set(xlabel="share of wall time", ylabel="", title="Time per phase, T = 0")
     return axes.figure
@@ -115,6 +118,8 @@ def write_figures(stats: pd.DataFrame, directory: Path, tables: dict[str, pd.Dat
     drawings |= {figure: partial(draw, tables[table]) for table, (figure, draw) in TABLE_FIGURES.items() if table in tables}
     for name, draw in drawings.items():
         figure = draw()
+        if figure is None:  # the records cannot fill it
+            continue
         figure.set_size_inches(8, 4)
         figure.tight_layout()
         for suffix in ("pdf", "png"):

@@ -17,9 +17,9 @@ from transformers import PreTrainedModel
 from baselines.hf_generate import PROMPT_LOOKUP_TOKENS, hf_generate
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, TurnRecord, generate
-from clover2.draft_head import head_methods, load_head
 from clover2.drafter import Drafter
 from clover2.errors import Clover2Error
+from clover2.head_protocol import head_methods, load_head
 from clover2.self_draft import SelfDrafter
 from clover2.tree import TreeShape, static_tree
 

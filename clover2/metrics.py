@@ -43,7 +43,10 @@ def read_bench(paths: Iterable[Path]) -> pd.DataFrame:
 
 def _question_row(record: dict, source: str) -> dict:
     turns, config = record["turns"], record["provenance"]["config"]
-    phases = {f"{phase}_seconds": sum(t["seconds"][phase] for t in turns) for phase in turns[0]["seconds"]}
+    # Phase times of unsynchronised GPU turns (timing "turn") say where the host waited, not where the
+    # device worked: they are left out (NaN), so the time split and verification cost read exact ones only.
+    exact = all(t.get("phases_exact", True) for t in turns)
+    phases = {f"{phase}_seconds": sum(t["seconds"][phase] for t in turns) if exact else np.nan for phase in turns[0]["seconds"]}
     return {
         "source": source,
         "method": record["method"],
@@ -162,7 +165,7 @@ def verify_cost(frame: pd.DataFrame) -> pd.DataFrame:
     run's time over the mean of those. Rows without per-step tree sizes (a black-box `generate`) are left out.
     """
     rows = []
-    stepped = frame[frame["tree_sizes"].map(len) > 0]
+    stepped = frame[(frame["tree_sizes"].map(len) > 0) & frame["verify_seconds"].notna()]
     for (method, drafting), group in stepped.groupby(["method", "drafting"], sort=True):
         sizes = _flat(group["tree_sizes"])
         rows.append({"method": method, "drafting": drafting, "tokens": 1 + float(np.mean(sizes)),
@@ -185,7 +188,7 @@ def summary(frame: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
         row["extra_tokens_per_step"] = row["tau"] - 1
         row["depth_acceptance"] = depth_acceptance(_flat(group["failed_depths"]), _flat(group["step_lengths"]))
         phases = [c for c in group.columns if c.endswith("_seconds") and c != "wall_seconds"]
-        row |= {c.removesuffix("_seconds") + "_share": float(group[c].sum() / group["wall_seconds"].sum()) for c in phases}
+        row |= {c.removesuffix("_seconds") + "_share": float(group[c].sum(min_count=1) / group["wall_seconds"].sum()) for c in phases}
         if method != baseline:
             row |= _speedups(pairs[(pairs["method"] == method) & (pairs["task"] == task) & (pairs["temperature"] == temperature)])
         rows.append(row)

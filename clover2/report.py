@@ -41,6 +41,10 @@ TITLES = {
     "verify_cost": "Milliseconds per verification (the target's forward over the tree) against the tokens it verifies "
     "(drafted nodes + root; 1 token: a plain decoding step), over every step of the bench and sweep runs, "
     "and that time over a one-token step's",
+    "step_cost": "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
+    "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (τ is about 1, so only costs "
+    "mean anything); plain = plain decoding's ms per token; synced = the step with a device sync around every "
+    "phase over the step timed whole; projected = the paper's τ × plain / ms per step",
 }
 # Column heads short enough for the paper's page: the main table gives each task two columns.
 TASK_LABELS = {"mt_bench": "MT-Bench", "translation": "Transl.", "summarization": "Summ.", "qa": "QA",
@@ -114,9 +118,31 @@ def _mean_curve(curves: pd.Series) -> list[float]:
 
 
 def time_split_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """Shares of wall time per phase, from the records whose phases were timed exactly (empty if none)."""
     shares = [c for c in stats.columns if c.endswith("_share")]
-    table = stats.groupby(["temperature", "method"])[shares].mean().map("{:.1%}".format)
+    table = stats.dropna(subset=shares, how="all").groupby(["temperature", "method"])[shares].mean().map("{:.1%}".format)
     table.columns = [c.removesuffix("_share") for c in shares]
+    return table
+
+
+STEP_COST_COLUMNS = {"tree_size": "tree", "plain_ms_per_token": "plain", "ms_per_step": "ms/step",
+                     "draft_ms": "draft", "verify_ms": "verify", "bookkeeping_ms": "book.",
+                     "sync_overhead": "synced", "paper_tau": "paper τ", "projected_speedup": "projected"}  # fmt: skip
+
+
+def step_cost_table(paths: Sequence[Path]) -> pd.DataFrame:
+    """The rows of `clover2 step-cost` files, one per (target, backend, method)."""
+    rows = []
+    for path in paths:
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+            config = document["provenance"]["config"]
+            rows += [{**row, "run": f"{config['dtype']} on {document['provenance']['device']}"} for row in document["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise Clover2Error(f"{path}: not a step-cost file ({error!r})") from None
+    frame = pd.DataFrame(rows).set_index(["target", "kernels", "method"])
+    table = frame[list(STEP_COST_COLUMNS)].rename(columns=STEP_COST_COLUMNS)
+    table.attrs["dtype"] = ", ".join(sorted(set(frame["run"])))  # the caption names dtype and device
     return table
 
 
@@ -236,12 +262,16 @@ def build_tables(
     published: Path | None = None,
     target: str = "",
     sweep: Sequence[Path] = (),
+    step_cost: Sequence[Path] = (),
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
     frame = read_bench(bench)
     stats = summary(frame, baseline)
     tables = {**speedup_tables(stats), "speedup_ci": speedup_ci_table(stats), "throughput": throughput_table(stats),
-              "depth": depth_table(stats), "time_split": time_split_table(stats)}  # fmt: skip
+              "depth": depth_table(stats)}  # fmt: skip
+    split = time_split_table(stats)
+    if len(split):
+        tables["time_split"] = split
     if lossless:
         tables["lossless"] = lossless_table(lossless)
     if heads:
@@ -258,6 +288,8 @@ def build_tables(
     cost = verify_cost(pd.concat([frame, swept], ignore_index=True))  # concat drops a None
     if len(cost):
         tables["verify_cost"] = cost.set_index(["method", "drafting"])
+    if step_cost:
+        tables["step_cost"] = step_cost_table(step_cost)
     dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
     speed = ("speedup_T", "speedup_ci", "throughput", "depth", "time_split", "tree_size", "verify_cost")
     for name in tables:
@@ -267,7 +299,8 @@ def build_tables(
 
 
 def _latex_text(text: str) -> str:
-    return _latex_symbols(text.replace("%", r"\%"))
+    """Caption text: % and _ escaped (a device such as x86_64 lands in a caption), symbols as math."""
+    return _latex_symbols(text.replace("%", r"\%").replace("_", r"\_"))
 
 
 def _latex_symbols(text: str) -> str:
@@ -329,7 +362,7 @@ questions, each method against plain decoding of the same questions, interleaved
 $\tau$ is the mean number of tokens accepted per target forward, the bonus token included.
 """
 # Each table's section, in the order of the paper: speed, acceptance, correctness, cost, the paper itself.
-SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split", "verify_cost"), "Acceptance": ("depth", "tree_size"),
+SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split", "verify_cost", "step_cost"), "Acceptance": ("depth", "tree_size"),
             "Losslessness and answer quality": ("lossless", "quality"), "Training": ("training", "learning_curve"),
             "Published and reproduced": ("published",)}  # fmt: skip
 

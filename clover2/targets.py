@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from clover2.atomic import atomic_directory, atomic_write_text
 from clover2.chat import CHAT_TEMPLATES, stop_token_ids
 from clover2.errors import Clover2Error
-from clover2.kernels import backend_for
+from clover2.kernels.attention import use_backend_attention
 
 MARKER = "clover2_target.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -144,10 +144,7 @@ def load_target(path: str | Path, *, device: str = "cpu", dtype: str = "float32"
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
     model = model.eval().to(device)
-    if backend_for(next(model.parameters())) == "triton":
-        from clover2.kernels.attention import use_tree_attention
-
-        use_tree_attention(model)
+    use_backend_attention(model)
     return Target(model, tokenizer, stop_token_ids(tokenizer, model.generation_config), path, identity)
 
 

@@ -16,8 +16,8 @@ from transformers import PreTrainedModel
 
 from clover2.atomic import atomic_directory
 from clover2.decoding import StateTap
-from clover2.draft_head import TrainBatch
 from clover2.errors import Clover2Error
+from clover2.head_protocol import TrainBatch
 from clover2.sharegpt import Example, collate
 from clover2.targets import Target
 

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from clover2.atomic import atomic_write_text
-from clover2.draft_head import HeadLoss, head_class, save_head
 from clover2.draft_vocab import frequent_tokens
+from clover2.head_protocol import HeadLoss, head_class, save_head
 from clover2.sharegpt import Example, load_examples
 from clover2.targets import Target
 from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from clover2.draft_head import head_class, head_methods
 from clover2.errors import Clover2Error
+from clover2.head_protocol import head_class, head_methods
 from clover2.methods import METHODS
 from clover2.tasks import task_names
 from clover2.tree import STATIC_TREES
@@ -175,6 +175,17 @@ def sweep_files(config: dict) -> list[str]:
         for option, values in options.items()
         for value in values
     ]
+
+
+def step_cost_files(config: dict) -> list[str]:
+    """results/<target>/step_cost.json when the config has a 'step_cost' section."""
+    return [f"{_root(config)}/step_cost.json"] if config.get("step_cost") else []
+
+
+def step_cost_flags(config: dict) -> str:
+    cost = config["step_cost"]
+    return (f"--shapes {' '.join(cost['shapes'])} --prompts {cost.get('prompts', 3)} "
+            f"--prompt-tokens {cost.get('prompt_tokens', 256)} --new-tokens {cost.get('new_tokens', 64)}")  # fmt: skip
 
 
 def sweep_questions(config: dict) -> int:

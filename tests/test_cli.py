@@ -95,7 +95,7 @@ def test_prepare_target_unknown_name_is_a_one_line_error_and_writes_nothing(tmp_
 
 @pytest.mark.parametrize("verb", ["bench", "check-lossless"])
 def test_help_lists_every_method_name_under_method(verb, capsys, monkeypatch):
-    from clover2.draft_head import head_methods
+    from clover2.head_protocol import head_methods
     from clover2.methods import METHODS
 
     monkeypatch.setenv("COLUMNS", "2000")  # argparse would wrap inside hyphenated names

@@ -4,15 +4,15 @@ import math
 
 import pytest
 import torch
+from helpers import NO_STOP, continuation_batch, train_steps
 from transformers import LlamaForCausalLM
 
+from clover2.clover2_head import AttentionDecoder, Clover2Head
 from clover2.decoding import DecodeConfig, generate
-from clover2.draft_head import load_head, save_head, trainable_state
 from clover2.errors import Clover2Error
-from clover2.head import AttentionDecoder, Clover2Head
+from clover2.head_protocol import load_head, save_head, trainable_state
 from clover2.losses import smooth_l1, soft_cross_entropy
 from clover2.teacher import teacher_batch
-from helpers import NO_STOP, continuation_batch, train_steps
 
 PROMPT = [1, 5, 9, 33, 7]
 

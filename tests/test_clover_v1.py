@@ -3,14 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from baselines.clover import CloverHead
-from clover2.draft_head import load_head, save_head
-from clover2.drafter import TargetStates
-from clover2.errors import Clover2Error
-from clover2.teacher import teacher_batch
-from clover2.tree import STATIC_TREES
 from helpers import (
     check_greedy_lossless,
     check_overfit_then_accepted,
@@ -19,6 +11,14 @@ from helpers import (
     overfitted,
     prompt_states,
 )
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from baselines.clover import CloverHead
+from clover2.drafter import TargetStates
+from clover2.errors import Clover2Error
+from clover2.head_protocol import load_head, save_head
+from clover2.teacher import teacher_batch
+from clover2.tree import STATIC_TREES
 
 PROMPTS = [[1, 100, 200, 300, 400, 17, 17, 17, 9, 33], [1, 5, 9, 33, 7]]
 H, V, I, N_HEADS, N_KV = 64, 512, 128, 4, 2  # tiny_llama's sizes

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from clover2.decoding import DecodeConfig, generate
-from clover2.draft_head import WEIGHTS, head_class, load_head, save_head
 from clover2.draft_vocab import IDS, frequent_tokens
 from clover2.errors import Clover2Error
+from clover2.head_protocol import WEIGHTS, head_class, load_head, save_head
 from clover2.lossless import check_sampling
 from clover2.sharegpt import Example
 from clover2.targets import Target

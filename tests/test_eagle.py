@@ -5,16 +5,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import train_steps
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.eagle import Eagle2Head, EagleHead
 from clover2.decoding import DecodeConfig, generate
-from clover2.draft_head import TrainBatch, load_head, save_head, trainable_state
 from clover2.drafter import TargetStates
 from clover2.errors import Clover2Error
+from clover2.head_protocol import TrainBatch, load_head, save_head, trainable_state
 from clover2.methods import method_factory
 from clover2.teacher import teacher_batch
-from helpers import train_steps
 
 NO_STOP = [511]
 PROMPT = [1, 100, 200, 300, 400, 17, 17, 17, 9, 33]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clover2.decoding import DecodeConfig, generate
-from clover2.draft_head import head_class
 from clover2.draft_vocab import frequent_tokens
+from clover2.head_protocol import head_class
 from clover2.sharegpt import Example
 from clover2.teacher import teacher_batch
 from tests.helpers import NO_STOP

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
+from clover2.cli import main
 from clover2.decoding import DecodeConfig, generate, verify_forward
 from clover2.errors import Clover2Error
 from clover2.kernels import ENV, backend_for, compact_kv, greedy_accept, tree_attention
-from clover2.cli import main
 from clover2.kernels.attention import NAME
 from clover2.methods import METHODS
 from clover2.tree import DraftTree, TreeShape, random_tree, static_tree

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_metrics import _file, _row, _turn
 
 from clover2.errors import Clover2Error
 from clover2.report import build_tables, compile_pdf, published_table, title, write_paper, write_tables
 from clover2.tasks import load_questions, write_questions
-from test_metrics import _file, _row, _turn
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clover2_published.csv"
 
@@ -200,3 +200,43 @@ def test_speed_tables_name_the_dtype_and_the_lossless_table_counts_identical_nea
     assert title("speedup_T0", tables["speedup_T0"]).endswith("at T = 0; the target in float32")
     assert title("throughput", tables["throughput"]).endswith("; the target in float32")
     assert title("lossless", tables["lossless"]) == "Losslessness against plain decoding"  # its dtype is a column
+
+
+def _step_cost_file(path: Path) -> Path:
+    rows = [{"target": "vicuna-7b", "method": method, "kernels": kernels, "tree_size": size, "tau": 1.0,
+             "plain_ms_per_token": 30.0, "ms_per_step": ms, "ms_per_step_synced": ms * 1.1, "draft_ms": ms / 3,
+             "verify_ms": ms / 2, "bookkeeping_ms": ms / 6, "prefill_ms": 50.0, "sync_overhead": 1.1,
+             "paper_tau": tau, "projected_speedup": tau * 30.0 / ms if tau else None}
+            for kernels in ("torch", "triton")
+            for method, size, ms, tau in (("vanilla", 0, 30.0, None), ("clover2", 25, 40.0, 3.5))]  # fmt: skip
+    config = {"dtype": "float16", "shapes": ["vicuna-7b"]}
+    path.write_text(json.dumps({"rows": rows, "provenance": {"config": config, "device": "cuda: NVIDIA H200_x"}}))
+    return path
+
+
+@pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
+def test_step_cost_files_add_a_table_that_names_device_and_dtype_and_compiles(records, tmp_path):
+    tables, stats = build_tables(records, step_cost=[_step_cost_file(tmp_path / "cost.json")])
+    table = tables["step_cost"]
+    assert table.loc[("vicuna-7b", "triton", "clover2"), "projected"] == pytest.approx(3.5 * 30 / 40)
+    assert title("step_cost", table).endswith("the target in float16 on cuda: NVIDIA H200_x")
+    write_paper(tables, stats, tmp_path / "paper", "unit_test")
+    assert "\\input{tables/step_cost}" in (tmp_path / "paper" / "main.tex").read_text()
+    assert compile_pdf(tmp_path / "paper").is_file()  # the caption's underscore is escaped
+
+
+def test_phases_of_unsynchronised_gpu_turns_are_left_out_of_the_time_split_and_verify_cost(tmp_path):
+    def turns(exact: bool, lengths: list[int], seconds: float) -> list[dict]:
+        timing = {"phases_exact": exact, "timing": "phases" if exact else "turn", "tree_sizes": [4 if len(lengths) < 5 else 0] * (len(lengths) - 1)}
+        return [_turn(5, seconds, lengths, [2] * (len(lengths) - 1)) | timing]
+
+    def rows(exact: bool) -> list[dict]:
+        return [_row("vanilla", "0", turns(exact, [1] * 5, 1.0)), _row("eagle", "0", turns(exact, [1, 2, 2], 0.5))]
+
+    tables, stats = build_tables([_file(tmp_path / "gpu.jsonl", rows(False))])
+    assert "time_split" not in tables and "verify_cost" not in tables
+    assert stats["verify_share"].isna().all() and (stats.loc[stats["method"] == "eagle", "speedup"] == 2).all()
+    paper = write_paper(tables, stats, tmp_path / "paper", "unit_test").read_text()
+    assert "time_split" not in paper and (tmp_path / "paper" / "figures" / "speedup.png").is_file()
+    tables, _ = build_tables([_file(tmp_path / "synced.jsonl", rows(True))])
+    assert "time_split" in tables and "verify_cost" in tables

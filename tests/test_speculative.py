@@ -8,7 +8,7 @@ from transformers import DynamicCache
 
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, generate, keep_path, verify_forward
-from clover2.draft_head import head_class
+from clover2.head_protocol import head_class
 from clover2.lossless import check_greedy
 from clover2.methods import METHODS
 from clover2.self_draft import SelfDrafter

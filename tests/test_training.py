@@ -9,8 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from clover2.cli import main
 from clover2.decoding import DecodeConfig, generate
-from clover2.draft_head import load_head
 from clover2.errors import Clover2Error
+from clover2.head_protocol import load_head
 from clover2.sharegpt import encode, load_examples, read_conversations
 from clover2.targets import Target, load_target
 from clover2.teacher import CachedTeacher, OnlineTeacher, write_teacher_cache

@@ -13,7 +13,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from clover2.kernels import tree_attention
+from clover2.kernels import backend_for, tree_attention
 
 NAME = "clover2_tree"
 
@@ -47,3 +47,11 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 def use_tree_attention(model: PreTrainedModel) -> None:
     """Switch `model` to the tree-attention implementation (registered when this module is imported)."""
     model.set_attn_implementation(NAME)
+
+
+def use_backend_attention(model: PreTrainedModel) -> None:
+    """The attention of the backend that runs on `model`'s device: the tree kernel under Triton, else SDPA."""
+    if backend_for(next(model.parameters())) == "triton":
+        use_tree_attention(model)
+    else:
+        model.set_attn_implementation("sdpa")

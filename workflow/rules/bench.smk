@@ -22,6 +22,7 @@ rule bench:
         run=lambda w: f"--temperature {w.temperature} --limit {wf.bench_questions(config, w.temperature)} "
         f"--max-new-tokens {wf.max_new_tokens(config, w.task)} --baseline {config['baseline']}",
         bench=config["bench"],
+        timing=config["bench"]["timing"],
     threads: config["threads"]
     resources:
         gpu=1 if config["device"].startswith("cuda") else 0,
@@ -31,7 +32,7 @@ rule bench:
         f"{TARGET}/benchmarks/bench/{{task}}/T{{temperature}}.tsv",
     shell:
         "clover2 bench --target {input.target} {params.methods} {params.run} --questions {input.questions} "
-        "--max-length {params.bench[max_length]} --warmup {params.bench[warmup]} --threads {threads} "
+        "--max-length {params.bench[max_length]} --warmup {params.bench[warmup]} --timing {params.timing} --threads {threads} "
         "--device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1"
 
 
@@ -76,7 +77,28 @@ use rule bench as sweep with:
         methods=lambda w: wf.method_flags(config, [w.method], {w.option: w.value}),
         run=f"--temperature 0 --limit {wf.sweep_questions(config)} --max-new-tokens {config['bench']['max_new_tokens']}",
         bench=config["bench"],
+        timing="phases",  # its verification times feed the verify-cost table
     log:
         f"{TARGET}/logs/sweep/{{method}}/{{option}}/{{value}}.log",
     benchmark:
         f"{TARGET}/benchmarks/sweep/{{method}}/{{option}}/{{value}}.tsv",
+
+
+# The engine's cost model on random-weight targets of the configured shapes (no trained head needed):
+# ms per step split by phase, under every kernel backend of the device.
+rule step_cost:
+    output:
+        f"{TARGET}/step_cost.json",
+    params:
+        shapes=lambda w: wf.step_cost_flags(config),
+        published=f"--published {config['published']}" if config.get("published") else "",
+    threads: config["threads"]
+    resources:
+        gpu=1 if config["device"].startswith("cuda") else 0,
+    log:
+        f"{TARGET}/logs/step_cost.log",
+    benchmark:
+        f"{TARGET}/benchmarks/step_cost.tsv",
+    shell:
+        "clover2 step-cost {params.shapes} {params.published} --threads {threads} --device {config[device]} "
+        "--dtype {config[dtype]} --out {output} > {log} 2>&1"

@@ -10,6 +10,7 @@ rule report:
         heads=wf.head_dirs(config),
         questions=wf.question_files(config),
         sweep=wf.sweep_files(config),
+        step_cost=wf.step_cost_files(config),
     output:
         latex="results/tables.tex",
         markdown="results/tables.md",
@@ -24,7 +25,7 @@ rule report:
         "results/benchmarks/report.tsv",
     shell:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
-        "--questions {input.questions} --sweep {input.sweep} {params.published} --target-name {params.target} "
+        "--questions {input.questions} --sweep {input.sweep} --step-cost {input.step_cost} {params.published} --target-name {params.target} "
         "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"
 
 

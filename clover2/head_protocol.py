@@ -139,7 +139,7 @@ def run_layers(
 
 HEADS: dict[str, type[DraftHead]] = {}
 # One module per head; each registers its classes when imported (adding a method = adding a file here).
-HEAD_MODULES = ("clover2.head", "baselines.clover", "baselines.eagle", "baselines.medusa")
+HEAD_MODULES = ("clover2.clover2_head", "baselines.clover", "baselines.eagle", "baselines.medusa")
 
 
 def register(cls: type[DraftHead]) -> type[DraftHead]:
