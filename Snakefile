@@ -36,6 +36,7 @@ wildcard_constraints:
     temperature="[0-9.]+",
     option="[A-Za-z0-9_]+",
     value="[A-Za-z0-9_.]+",
+    variant="[A-Za-z0-9_]+",
 
 
 include: "workflow/rules/data.smk"

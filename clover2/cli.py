@@ -312,6 +312,24 @@ def _step_cost(args: argparse.Namespace) -> None:
     print(pd.DataFrame(rows)[columns].to_string(index=False, float_format="{:.2f}".format))
 
 
+def _ablation(bench: list[str], heads: list[str]) -> tuple[dict[str, Path], dict[str, Path]] | None:
+    """--ablation-bench and --ablation-heads NAME=PATH pairs as two dicts with the same variants, in order."""
+    files, dirs = (_named_paths(pairs, flag) for pairs, flag in ((bench, "--ablation-bench"), (heads, "--ablation-heads")))
+    if list(files) != list(dirs):
+        raise Clover2Error(f"--ablation-bench names {', '.join(files)} but --ablation-heads names {', '.join(dirs)}")
+    return (files, dirs) if files else None
+
+
+def _named_paths(pairs: list[str], flag: str) -> dict[str, Path]:
+    named = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name:
+            raise Clover2Error(f"{flag} {pair}: expected NAME=PATH")
+        named[name] = Path(path)
+    return named
+
+
 def _head_methods() -> list[str]:
     from clover2.head_protocol import head_methods
 
@@ -326,7 +344,7 @@ def _report(args: argparse.Namespace) -> None:
         print(f"clover2 report: {args.published} not found; no published-vs-reproduced table", file=sys.stderr)
     tables, stats = build_tables(
         args.bench, args.lossless, args.heads, args.baseline, args.questions, published, args.target_name, args.sweep,
-        args.step_cost,
+        args.step_cost, _ablation(args.ablation_bench, args.ablation_heads),
     )
     write_tables(tables, args.out, args.markdown)
     if args.paper:
@@ -501,6 +519,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--target-name", default="", help="this run's target, as named in the published CSV")
     report.add_argument("--sweep", type=Path, nargs="*", default=[], help="bench files of a tree-size sweep (--draft-option runs)")
     report.add_argument("--step-cost", type=Path, nargs="*", default=[], help="clover2 step-cost files (JSON)")
+    report.add_argument("--ablation-bench", nargs="*", default=[], metavar="NAME=FILE",
+                        help="each ablation variant's bench file (T = 0, baseline interleaved), the full method first")  # fmt: skip
+    report.add_argument("--ablation-heads", nargs="*", default=[], metavar="NAME=DIR", help="each ablation variant's head")
     report.add_argument("--paper", type=Path, help="also write DIR/tables/*.tex, DIR/figures/* and DIR/main.tex")
     report.set_defaults(func=_report)
 

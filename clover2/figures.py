@@ -100,11 +100,26 @@ FIGURES = {
     "depth_acceptance": depth_figure,
     "time_split": time_split_figure,
 }
+def ablation_figure(table: pd.DataFrame):
+    """Per ablation variant: τ over all tasks, and the speedup with its 95 % CI, the full method on top."""
+    figure, (left, right) = plt.subplots(1, 2, sharey=True)
+    rows = table.iloc[::-1]  # the table's changes column says what each variant changes
+    labels = list(rows.index)
+    left.barh(labels, rows["τ"], color="tab:blue")
+    left.set(xlabel="τ", title="τ at T = 0")
+    errors = [(rows["speedup"] - rows["CI low"]).fillna(0), (rows["CI high"] - rows["speedup"]).fillna(0)]
+    right.barh(labels, rows["speedup"], xerr=errors, color="tab:orange", capsize=3)
+    right.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    right.set(xlabel="× plain decoding", title="speedup at T = 0 (95 % CI)")
+    return figure
+
+
 # Figures of a table that only some records give (a sweep ran; steps with tree sizes): table -> (figure, drawing).
 TABLE_FIGURES = {
     "tree_size": ("tau_vs_tree_size", tree_size_figure),
     "verify_cost": ("verify_cost_vs_tree_size", verify_cost_figure),
     "learning_curve": ("learning_curve", learning_curve_figure),
+    "ablation": ("ablation", ablation_figure),
 }
 
 

@@ -190,12 +190,13 @@ def summary(frame: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
         phases = [c for c in group.columns if c.endswith("_seconds") and c != "wall_seconds"]
         row |= {c.removesuffix("_seconds") + "_share": float(group[c].sum(min_count=1) / group["wall_seconds"].sum()) for c in phases}
         if method != baseline:
-            row |= _speedups(pairs[(pairs["method"] == method) & (pairs["task"] == task) & (pairs["temperature"] == temperature)])
+            row |= speedups(pairs[(pairs["method"] == method) & (pairs["task"] == task) & (pairs["temperature"] == temperature)])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _speedups(pairs: pd.DataFrame) -> dict:
+def speedups(pairs: pd.DataFrame) -> dict:
+    """The speedup of paired rows (ratio of mean tokens/s), its bootstrap CI, the total-time ratio and the spread over repeats."""
     method_tps, base_tps = _tps(pairs)
     low, high = bootstrap_ci(method_tps, base_tps)
     per_repeat = [speedup_ratio_of_means(*_tps(g)) for _, g in pairs.groupby("repeat")]

@@ -22,7 +22,8 @@ from safetensors import safe_open
 from clover2.atomic import atomic_write_bytes, atomic_write_text
 from clover2.draft_vocab import IDS
 from clover2.errors import Clover2Error
-from clover2.metrics import read_bench, summary, tree_size_curve, verify_cost
+from clover2.clover2_head import PAPER_CHOICES
+from clover2.metrics import paired, read_bench, speedups, summary, tau, tree_size_curve, verify_cost
 from clover2.quality import gsm8k_correct, humaneval_passed
 from clover2.tasks import read_questions
 
@@ -41,6 +42,12 @@ TITLES = {
     "verify_cost": "Milliseconds per verification (the target's forward over the tree) against the tokens it verifies "
     "(drafted nodes + root; 1 token: a plain decoding step), over every step of the bench and sweep runs, "
     "and that time over a one-token step's",
+    "ablation": "Ablations of Clover-2's four changes over Clover, each variant named by the change it removes, trained "
+    "at the main head's budget from the same teacher pass and benched at T = 0: τ per task and over all, and the speedup "
+    "over all its questions with its 95 % bootstrap CI",
+    "ablation_training": "The ablation variants' choices (order: token fused before or after the Augmenting Block; "
+    "projector: the Attention Decoder output projector or per-head MLPs; AB layers; loss: kd = soft CE + hidden-state "
+    "regression, kd_no_regression, hard_ce = CE on the data tokens), training cost, and held-out top-1 per head depth",
     "step_cost": "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
     "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (τ is about 1, so only costs "
     "mean anything); plain = plain decoding's ms per token; synced = the step with a device sync around every "
@@ -144,6 +151,37 @@ def step_cost_table(paths: Sequence[Path]) -> pd.DataFrame:
     table = frame[list(STEP_COST_COLUMNS)].rename(columns=STEP_COST_COLUMNS)
     table.attrs["dtype"] = ", ".join(sorted(set(frame["run"])))  # the caption names dtype and device
     return table
+
+
+ABLATION_LABELS = {"extraction_order": "order", "output_projector": "projector", "augmenting_layers": "AB layers",
+                   "distillation": "loss"}  # fmt: skip
+
+
+def ablation_tables(bench: dict[str, Path], heads: dict[str, Path], baseline: str = "vanilla") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per variant, in the order given (the full method first): (speed, training).
+
+    Speed: τ per task and over all, and the speedup over all its questions with its 95 % CI. Training:
+    the variant's value of each of the paper's four choices, training minutes and steps, and held-out
+    top-1 per head depth. `bench` and `heads` map each variant to its bench file (T = 0, the baseline
+    interleaved) and its head directory."""
+    speed, training = [], []
+    for variant, path in bench.items():
+        frame = read_bench([path])
+        frame = frame[frame["temperature"] == 0]
+        ours = frame[frame["method"] != baseline]
+        row = {"variant": variant}
+        row |= {TASK_LABELS.get(task, task): tau(g["new_tokens"], g["steps"]) for task, g in ours.groupby("task", sort=False)}
+        row["τ"] = tau(ours["new_tokens"], ours["steps"])
+        pooled = speedups(paired(frame, baseline))
+        speed.append(row | {"speedup": pooled["speedup"], "CI low": pooled["speedup_ci_low"], "CI high": pooled["speedup_ci_high"]})
+        options = _read_json(Path(heads[variant]) / "head.json").get("options", {})
+        summary_ = _read_json(Path(heads[variant]) / "training.json")
+        log = [json.loads(line) for line in (Path(heads[variant]) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+        last = next(r["heldout"] for r in reversed(log) if "heldout" in r)
+        training.append({"variant": variant, **{label: options.get(key, PAPER_CHOICES[key]) for key, label in ABLATION_LABELS.items()},
+                         "minutes": round(summary_["seconds"] / 60, 1), "steps": summary_["steps"],
+                         "held-out top-1 (%)": "/".join(f"{100 * v:.0f}" for v in last["top1"])})  # fmt: skip
+    return pd.DataFrame(speed).set_index("variant"), pd.DataFrame(training).set_index("variant")
 
 
 def lossless_table(paths: Sequence[Path]) -> pd.DataFrame:
@@ -263,6 +301,7 @@ def build_tables(
     target: str = "",
     sweep: Sequence[Path] = (),
     step_cost: Sequence[Path] = (),
+    ablation: tuple[dict[str, Path], dict[str, Path]] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
     frame = read_bench(bench)
@@ -290,8 +329,10 @@ def build_tables(
         tables["verify_cost"] = cost.set_index(["method", "drafting"])
     if step_cost:
         tables["step_cost"] = step_cost_table(step_cost)
+    if ablation:
+        tables["ablation"], tables["ablation_training"] = ablation_tables(*ablation, baseline)
     dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
-    speed = ("speedup_T", "speedup_ci", "throughput", "depth", "time_split", "tree_size", "verify_cost")
+    speed = ("speedup_T", "speedup_ci", "throughput", "depth", "time_split", "tree_size", "verify_cost", "ablation")
     for name in tables:
         if name.startswith(speed):
             tables[name].attrs["dtype"] = dtypes  # every speed is measured against plain decoding in its own job's dtype
@@ -364,6 +405,7 @@ $\tau$ is the mean number of tokens accepted per target forward, the bonus token
 # Each table's section, in the order of the paper: speed, acceptance, correctness, cost, the paper itself.
 SECTIONS = {"Speed": ("speedup_T", "speedup_ci", "throughput", "time_split", "verify_cost", "step_cost"), "Acceptance": ("depth", "tree_size"),
             "Losslessness and answer quality": ("lossless", "quality"), "Training": ("training", "learning_curve"),
+            "Ablations": ("ablation",),
             "Published and reproduced": ("published",)}  # fmt: skip
 
 

@@ -5,6 +5,7 @@ and counts; this module checks names against the registries, which the schema ca
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def check_config(config: dict) -> None:
     for head in config["heads"]:
         if head not in head_methods():
             raise Clover2Error(f"config key 'heads.{head}': not a trainable head; known: {', '.join(head_methods())}")
-    for section in ("bench", "lossless", "sweep"):
+    for section in ("bench", "lossless", "sweep", "ablation"):
         for task in (config.get(section) or {}).get("tasks", []):
             if task not in task_names():
                 raise Clover2Error(f"config key '{section}.tasks': unknown task {task!r}; known: {', '.join(task_names())}")
@@ -41,6 +42,8 @@ def check_config(config: dict) -> None:
             raise Clover2Error(f"config key 'bench.task_max_new_tokens': {task!r} is not one of 'bench.tasks'")
     if config.get("sweep"):
         _check_sweep(config["sweep"], config["methods"])
+    if config.get("ablation"):
+        _check_ablation(config["ablation"], config)
 
 
 def _check_head(method: str, head: str | None, heads: dict) -> None:
@@ -82,16 +85,65 @@ def _check_sweep(sweep: dict, methods: dict) -> None:
         _check_drafting(key, method, options)
 
 
+def _check_ablation(ablation: dict, config: dict) -> None:
+    """The ablated method trains as `heads.<method>` does and drafts as `methods.<method>` does; every
+    variant's options are options of that head."""
+    method = ablation["method"]
+    if method not in config["heads"] or method not in config["methods"] or head_of(config, method) != method:
+        raise Clover2Error(f"config key 'ablation.method': {method!r} must be a key of 'heads' and of 'methods' drafting with its own head")
+    accepted = set(inspect.signature(head_class(method)).parameters) - {"target", "vocab_ids"}
+    for variant, options in ablation["variants"].items():
+        if variant == method:
+            raise Clover2Error(f"config key 'ablation.variants.{variant}': the full {method} is benched already; name variants by their change")
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise Clover2Error(f"config key 'ablation.variants.{variant}.{unknown[0]}': not an option of a {method} head")
+
+
+def ablation_variants(config: dict) -> dict[str, dict]:
+    """Every variant's options, the full method (no change) first."""
+    ablation = config["ablation"]
+    return {ablation["method"]: {}, **ablation["variants"]}
+
+
+def ablation_head_dir(config: dict, variant: str) -> str:
+    """The full method's variant is the main head; every other variant trains its own."""
+    if variant == config["ablation"]["method"]:
+        return head_dir(config, variant)
+    return f"{_root(config)}/ablation/{variant}/head"
+
+
+def ablation_bench_file(config: dict, variant: str) -> str:
+    return f"{_root(config)}/ablation/{variant}/bench.jsonl"
+
+
+def ablation_files(config: dict) -> list[str]:
+    """Every variant's bench file and head directory; none without an 'ablation' section."""
+    variants = ablation_variants(config) if config.get("ablation") else {}
+    return [*(ablation_bench_file(config, v) for v in variants), *(ablation_head_dir(config, v) for v in variants)]
+
+
+def ablation_report_flags(config: dict) -> str:
+    variants = ablation_variants(config) if config.get("ablation") else {}
+    return " ".join([*(f"--ablation-bench {v}={ablation_bench_file(config, v)}" for v in variants),
+                     *(f"--ablation-heads {v}={ablation_head_dir(config, v)}" for v in variants)])  # fmt: skip
+
+
+def ablation_questions(config: dict) -> int:
+    return (config.get("ablation") or {}).get("questions", config["bench"]["questions"])
+
+
 def temperature_label(value: float) -> str:
     """0 -> "0", 1.0 -> "1", 0.7 -> "0.7": the {temperature} wildcard."""
     return f"{float(value):g}"
 
 
-def train_flags(config: dict, head: str) -> str:
-    """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>` (head options key by key)."""
+def train_flags(config: dict, head: str, changes: dict | None = None) -> str:
+    """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>` (head options key
+    by key), and then by `changes` (an ablation variant's options)."""
     own = config["heads"][head] or {}
     settings = {**config["training"], **own}
-    options = {**(config["training"].get("options") or {}), **(own.get("options") or {})}
+    options = {**(config["training"].get("options") or {}), **(own.get("options") or {}), **(changes or {})}
     settings.pop("options", None)
     return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in options.items())])
 
@@ -127,10 +179,11 @@ def drafting_options(config: dict, method: str) -> dict:
     return (config["methods"][method] or {}).get("drafting") or {}
 
 
-def method_flags(config: dict, methods: list[str], changes: dict | None = None) -> str:
-    """`--method M` for each method, `--head M=DIR` for each one that drafts with a trained head, and
-    `--draft-option M:KEY=VALUE` for each of its drafting options, those of `changes` (a sweep's) last."""
-    heads = method_heads(config, methods)
+def method_flags(config: dict, methods: list[str], changes: dict | None = None, heads: dict[str, str] | None = None) -> str:
+    """`--method M` for each method, `--head M=DIR` for each one that drafts with a trained head (`heads`
+    overrides the directories), and `--draft-option M:KEY=VALUE` for each of its drafting options, those
+    of `changes` (a sweep's) last."""
+    heads = method_heads(config, methods) | (heads or {})
     drafting = [f"--draft-option {m}:{key}={value}"
                 for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]  # fmt: skip
     return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
@@ -194,12 +247,13 @@ def sweep_questions(config: dict) -> int:
 
 def question_tasks(config: dict) -> list[str]:
     sweep_tasks = (config.get("sweep") or {}).get("tasks", [])
-    return sorted({*config["bench"]["tasks"], *config["lossless"]["tasks"], *sweep_tasks})
+    ablation_tasks = (config.get("ablation") or {}).get("tasks", [])
+    return sorted({*config["bench"]["tasks"], *config["lossless"]["tasks"], *sweep_tasks, *ablation_tasks})
 
 
 def question_count(config: dict) -> int:
     """The questions each task's file holds: as many as the largest stage reads (each reads the first N)."""
-    return max(config["bench"]["questions"], config["lossless"]["questions"], sweep_questions(config))
+    return max(config["bench"]["questions"], config["lossless"]["questions"], sweep_questions(config), ablation_questions(config))
 
 
 def question_file(task: str) -> str:

@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
-from helpers import NO_STOP, continuation_batch, train_steps
+from helpers import NO_STOP, check_greedy_lossless, check_seeded_sampling, continuation_batch, train_steps
 from transformers import LlamaForCausalLM
 
 from clover2.clover2_head import AttentionDecoder, Clover2Head
 from clover2.decoding import DecodeConfig, generate
 from clover2.errors import Clover2Error
-from clover2.head_protocol import load_head, save_head, trainable_state
-from clover2.losses import smooth_l1, soft_cross_entropy
+from clover2.head_protocol import load_head, run_layers, save_head, trainable_state
+from clover2.losses import cross_entropy, smooth_l1, soft_cross_entropy
 from clover2.teacher import teacher_batch
 
 PROMPT = [1, 5, 9, 33, 7]
@@ -85,12 +85,81 @@ def test_one_head_loss_is_the_weighted_sum_of_its_terms(peaked):
     batch = teacher_batch(peaked, ids, mask)
     result = head.loss(batch)
     # By hand: head 0 at t predicts token t + 2, from u_t fused with token t + 1.
-    a = head.ad1(batch.u[:, :5], head.embed(ids[:, 1:]))
-    s = head.augment(a, 0, torch.ones(5, 5, dtype=torch.bool).tril()[None, None], None)
-    out = head.head0(s)[0, :4][mask[0, 2:]]  # positions t = 0..3 predict tokens 2..5
+    out = _head0_by_hand(head, batch, token_first=True)[0, :4][mask[0, 2:]]  # positions t = 0..3 predict tokens 2..5
     expected = 10 * smooth_l1(out, batch.h[0, 1:5]) + soft_cross_entropy(head.logits(out), batch.teacher_logits[0, 1:5])
     torch.testing.assert_close(result.total, expected)
     assert result.counted == [4]
+
+
+def _head0_by_hand(head: Clover2Head, batch, token_first: bool) -> torch.Tensor:
+    """o0 over positions 0..4 of a 6-token batch: the token fused before the Augmenting Block, or after it."""
+    positions, visible = torch.arange(5)[None], torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    embedding = head.embed(batch.input_ids[:, 1:])
+    block = lambda x: head.norm_c(run_layers(head.blocks, head.rotary, x, positions, visible, None))  # noqa: E731
+    s = block(head.ad1(batch.u[:, :5], embedding)) if token_first else head.ad1(block(batch.u[:, :5]), embedding)
+    return head.norm_h(head.mlps[0](s)) if head.options["output_projector"] == "mlp" else head.norm_h(head.fc0(s))
+
+
+@pytest.mark.parametrize(
+    ("options", "terms"),
+    [({"extraction_order": "state_first"}, "kd"), ({"output_projector": "mlp"}, "kd"),
+     ({"distillation": "kd_no_regression"}, "soft"), ({"distillation": "hard_ce"}, "hard")],  # fmt: skip
+    ids=["state_first", "mlp", "kd_no_regression", "hard_ce"],
+)
+def test_each_ablation_option_changes_only_its_part_of_the_loss(peaked, options, terms):
+    torch.manual_seed(0)
+    head = Clover2Head(peaked, heads=1, **options)
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    mask = torch.tensor([[False, False, True, True, True, True]])
+    batch = teacher_batch(peaked, ids, mask)
+    out = _head0_by_hand(head, batch, token_first=head.options["extraction_order"] == "token_first")[0, :4]
+    soft = soft_cross_entropy(head.logits(out), batch.teacher_logits[0, 1:5])
+    expected = {"kd": 10 * smooth_l1(out, batch.h[0, 1:5]) + soft, "soft": soft,
+                "hard": cross_entropy(head.logits(out), ids[0, 2:6])}[terms]  # fmt: skip
+    torch.testing.assert_close(head.loss(batch).total, expected)
+
+
+def test_ablation_options_are_checked_by_name(tiny_llama):
+    for options, message in (({"extraction_order": "later"}, "extraction_order: expected one of token_first"),
+                             ({"output_projector": "linear"}, "output_projector"), ({"distillation": "none"}, "distillation"),
+                             ({"augmenting_layers": -1}, "augmenting_layers: expected an integer >= 0")):  # fmt: skip
+        with pytest.raises(Clover2Error, match=message):
+            Clover2Head(tiny_llama, **options)
+    with pytest.raises(Clover2Error, match="per-head MLPs draft only 2 levels"):
+        Clover2Head(tiny_llama, heads=2, output_projector="mlp", tree="eagle_top_8").drafter()
+
+
+def test_augmenting_block_depth_and_projector_set_the_weights(tiny_llama):
+    hidden = tiny_llama.config.hidden_size
+    full, flat, mlp = (Clover2Head(tiny_llama, **o) for o in ({}, {"augmenting_layers": 0}, {"output_projector": "mlp"}))
+    layer = _layer_params(tiny_llama.model.layers[-1])
+    count = lambda head: sum(t.numel() for t in trainable_state(head).values())  # noqa: E731
+    assert count(full) - count(flat) == 2 * layer and len(flat.blocks) == 0
+    assert count(mlp) - count(full) == 5 * (hidden * hidden + hidden) - (3 * hidden * hidden + 2 * hidden)
+    assert not hasattr(mlp, "fc0") and len(mlp.mlps) == 5
+
+
+CLOVER_V1_CHOICES = {"extraction_order": "state_first", "output_projector": "mlp", "augmenting_layers": 1, "distillation": "hard_ce"}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"extraction_order": "state_first"}, {"output_projector": "mlp"}, {"augmenting_layers": 0}, {"augmenting_layers": 1},
+     {"distillation": "kd_no_regression"}, {"distillation": "hard_ce"}, CLOVER_V1_CHOICES],  # fmt: skip
+    ids=["state_first", "mlp", "ab0", "ab1", "kd_no_regression", "hard_ce", "clover_v1_choices"],
+)
+def test_every_variant_learns_drafts_losslessly_and_round_trips(peaked, options, tmp_path):
+    torch.manual_seed(0)
+    head = Clover2Head(peaked, heads=3, tree="eagle_top_8", **options)
+    losses = train_steps(head, continuation_batch(peaked, PROMPT, new_tokens=40), steps=30)
+    assert losses[-1] < 0.5 * losses[0]
+    check_greedy_lossless(peaked, head, [1, 100, 200, 300, 400, 17])
+    check_seeded_sampling(peaked, head, [1, 100, 200, 300, 400, 17])
+    loaded = load_head(save_head(head, tmp_path / "head", {"name": "tiny"}), peaked)
+    assert {key: loaded.options[key] for key in options} == options
+    assert generate(peaked, PROMPT, DecodeConfig(max_new_tokens=20), NO_STOP, drafter=loaded.drafter()).steps == (
+        generate(peaked, PROMPT, DecodeConfig(max_new_tokens=20), NO_STOP, drafter=head.drafter()).steps
+    )
 
 
 @pytest.fixture(scope="module")

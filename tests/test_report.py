@@ -240,3 +240,32 @@ def test_phases_of_unsynchronised_gpu_turns_are_left_out_of_the_time_split_and_v
     assert "time_split" not in paper and (tmp_path / "paper" / "figures" / "speedup.png").is_file()
     tables, _ = build_tables([_file(tmp_path / "synced.jsonl", rows(True))])
     assert "time_split" in tables and "verify_cost" in tables
+
+
+def test_ablation_table_reads_each_variant_from_the_full_method_to_clovers_choices(records, tmp_path):
+    bench, heads = {}, {}
+    variants = {"clover2": ({}, 0.5), "mlp_projector": ({"output_projector": "mlp"}, 0.8),
+                "clover_v1_choices": ({"extraction_order": "state_first", "output_projector": "mlp", "augmenting_layers": 1,
+                                       "distillation": "hard_ce"}, 1.0)}  # fmt: skip
+    for name, (options, seconds) in variants.items():
+        rows = []
+        for q, task in enumerate(["mt_bench", "mt_bench", "qa", "qa"]):
+            rows.append(_row("vanilla", str(q), [_turn(10, 1.0 + q / 10)], task=task))
+            rows.append(_row("clover2", str(q), [_turn(10, seconds + q / 30, [1, 3, 4, 2] if name == "clover2" else [1] * 10)], task=task))
+        bench[name] = _file(tmp_path / f"{name}.jsonl", rows)
+        heads[name] = _head_dir(tmp_path / "heads" / name, "clover2", [{"step": 5, "seconds": 540.0, "heldout": {"top1": [0.4, 0.2]}}])
+        (heads[name] / "head.json").write_text(json.dumps({"method": "clover2", "options": {"tree": "eagle_top_8", **options}}))
+    tables, stats = build_tables(records, ablation=(bench, heads))
+    table, training = tables["ablation"], tables["ablation_training"]
+    assert list(table.index) == list(training.index) == list(variants)  # in the order given, the full method first
+    assert list(training.loc["clover2", ["order", "projector", "AB layers", "loss"]]) == ["token_first", "ad", 2, "kd"]
+    assert list(training.loc["clover_v1_choices", ["order", "projector", "AB layers", "loss"]]) == ["state_first", "mlp", 1, "hard_ce"]
+    assert table.loc["clover2", "τ"] == 2.5 and table.loc["clover2", "MT-Bench"] == 2.5 and table.loc["mlp_projector", "τ"] == 1
+    tps = [10 / (0.5 + q / 30) for q in range(4)], [10 / (1.0 + q / 10) for q in range(4)]
+    assert table.loc["clover2", "speedup"] == pytest.approx(sum(tps[0]) / sum(tps[1]))
+    assert table.loc["clover2", "CI low"] <= table.loc["clover2", "speedup"] <= table.loc["clover2", "CI high"]
+    assert training.loc["mlp_projector", "minutes"] == 9.0 and training.loc["mlp_projector", "held-out top-1 (%)"] == "40/20"
+    write_paper(tables, stats, tmp_path / "paper", "records")
+    assert (tmp_path / "paper" / "figures" / "ablation.png").is_file()
+    assert r"\input{tables/ablation}" in (tmp_path / "paper" / "main.tex").read_text()
+    assert compile_pdf(tmp_path / "paper").is_file()  # both tables fit the page

@@ -48,10 +48,13 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
     assert counts.get("sweep", 0) == sum(len(values) for options in swept for values in options.values())
 
 
-def test_the_default_dag_has_at_most_45_jobs(tmp_path):
+def test_the_default_dag_has_at_most_55_jobs(tmp_path):
     result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _job_counts(result.stdout)["total"] <= 45
+    counts = _job_counts(result.stdout)
+    assert counts["total"] <= 55
+    variants = _config("default")["ablation"]["variants"]
+    assert counts["train_ablation"] == len(variants) and counts["bench_ablation"] == len(variants) + 1  # + the full method
 
 
 def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path):
@@ -100,6 +103,11 @@ BAD = {
     "sweep of an unknown tree": ({"sweep": {"methods": {"eagle": {"tree": ["chain_99"]}}}}, "sweep.methods.eagle.tree"),
     "sweep value unfit for a path": ({"sweep": {"methods": {"eagle": {"tree": ["a/b"]}}}}, "['sweep']['methods']['eagle']['tree']"),
     "drafting option of a method without a head": ({"methods": {"self": {"drafting": {"tree": "chain_3"}}}}, "methods.self.drafting"),
+    "ablation of an unknown option": ({"ablation": {"variants": {"x": {"layers": 1}}}}, "ablation.variants.x.layers"),
+    "ablation variant named as the method": ({"ablation": {"variants": {"clover2": {"augmenting_layers": 1}}}}, "ablation.variants.clover2"),
+    "ablation of a method without its head": ({"ablation": {"method": "eagle2"}}, "ablation.method"),
+    "ablation on an unknown task": ({"ablation": {"tasks": ["squad"]}}, "ablation.tasks"),
+    "ablation variant unfit for a path": ({"ablation": {"variants": {"a/b": {"augmenting_layers": 1}}}}, "a/b"),
 }
 
 
@@ -192,7 +200,13 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     latex = (tmp_path / "results" / "tables.tex").read_text()
     assert latex.count(r"\begin{table}") >= len(tables) and r"\toprule" in latex
     assert "quality" in latex and (tmp_path / "paper" / "main.tex").is_file()
-    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 7  # with the sweep, verify-cost and learning curves
-    assert "tree_size" in latex and len(stage_times([tmp_path / "results"])) == 9  # each stage benchmarked
+    assert len(list((tmp_path / "paper" / "figures").glob("*.png"))) == 8  # with the sweep, verify-cost, learning curves, ablation
+    assert "tree_size" in latex and {"ablation", "step_cost"} <= set(stage_times([tmp_path / "results"]).index)
+    ablation = (tmp_path / "paper" / "tables" / "ablation_training.tex").read_text()
+    assert "mlp\\_projector" in ablation and "state\\_first" not in ablation  # one variant: the projector's
+    variant = json.loads((root / "ablation" / "mlp_projector" / "head" / "head.json").read_text())
+    assert variant["options"]["output_projector"] == "mlp" and variant["options"]["draft_vocab"] == config["training"]["options"]["draft_vocab"]
+    assert {row["method"] for row in map(json.loads, (root / "ablation" / "clover2" / "bench.jsonl").read_text().splitlines())} == {"clover2", "vanilla"}
+    assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
     shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights

@@ -102,3 +102,27 @@ rule step_cost:
     shell:
         "clover2 step-cost {params.shapes} {params.published} --threads {threads} --device {config[device]} "
         "--dtype {config[dtype]} --out {output} > {log} 2>&1"
+
+
+# Ablation benches: one job per variant (the full method's included), every ablation task at T = 0
+# with the baseline interleaved, drafting as the ablated method does in the main benches.
+ABLATION_TASKS = (config.get("ablation") or {}).get("tasks", [])
+
+
+use rule bench as bench_ablation with:
+    input:
+        heads=lambda w: [wf.ablation_head_dir(config, w.variant)],
+        target=f"{TARGET}/target",
+        questions=[wf.question_file(task) for task in ABLATION_TASKS],
+    output:
+        f"{TARGET}/ablation/{{variant}}/bench.jsonl",
+    params:
+        methods=lambda w: wf.method_flags(config, [ABLATION_METHOD], heads={ABLATION_METHOD: wf.ablation_head_dir(config, w.variant)}),
+        run=f"--temperature 0 --limit {wf.ablation_questions(config)} --max-new-tokens {config['bench']['max_new_tokens']} "
+        f"--baseline {config['baseline']}",
+        bench=config["bench"],
+        timing=config["bench"]["timing"],
+    log:
+        f"{TARGET}/logs/ablation/{{variant}}/bench.log",
+    benchmark:
+        f"{TARGET}/benchmarks/ablation/{{variant}}/bench.tsv",

@@ -11,6 +11,7 @@ rule report:
         questions=wf.question_files(config),
         sweep=wf.sweep_files(config),
         step_cost=wf.step_cost_files(config),
+        ablation=wf.ablation_files(config),
     output:
         latex="results/tables.tex",
         markdown="results/tables.md",
@@ -19,13 +20,14 @@ rule report:
         baseline=config["baseline"],
         published=f"--published {config['published']}" if config.get("published") else "",
         target=config["target"]["name"],
+        ablation=wf.ablation_report_flags(config),
     log:
         "results/logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv",
     shell:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
-        "--questions {input.questions} --sweep {input.sweep} --step-cost {input.step_cost} {params.published} --target-name {params.target} "
+        "--questions {input.questions} --sweep {input.sweep} --step-cost {input.step_cost} {params.ablation} {params.published} --target-name {params.target} "
         "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"
 
 

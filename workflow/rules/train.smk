@@ -33,6 +33,7 @@ rule train:
     output:
         directory(f"{TARGET}/heads/{{head}}"),
     params:
+        method=lambda wildcards: wildcards.head,
         launcher=config.get("train_launcher", "clover2"),
         flags=lambda wildcards, input: wf.train_flags(config, wildcards.head)
         + "".join(f" --teacher-cache {path}" for path in input.teacher),
@@ -45,5 +46,25 @@ rule train:
     benchmark:
         f"{TARGET}/benchmarks/train/{{head}}.tsv",
     shell:
-        "{params.launcher} train --target {input.target} --method {wildcards.head} --out {output} {params.data} "
+        "{params.launcher} train --target {input.target} --method {params.method} --out {output} {params.data} "
         "{params.flags} --threads {threads} --device {config[device]} > {log} 2>&1"
+
+
+# Ablation variants: the ablated method's head with each variant's options, at the main head's budget
+# and from the same teacher pass (the full method's variant is the main head itself).
+ABLATION_METHOD = (config.get("ablation") or {}).get("method", "")
+
+
+use rule train as train_ablation with:
+    output:
+        directory(f"{TARGET}/ablation/{{variant}}/head"),
+    params:
+        method=ABLATION_METHOD,
+        launcher=config.get("train_launcher", "clover2"),
+        flags=lambda wildcards, input: wf.train_flags(config, ABLATION_METHOD, config["ablation"]["variants"][wildcards.variant])
+        + "".join(f" --teacher-cache {path}" for path in input.teacher),
+        data=f"--data {config['training_data']}" if config.get("training_data") else "",
+    log:
+        f"{TARGET}/logs/ablation/{{variant}}/train.log",
+    benchmark:
+        f"{TARGET}/benchmarks/ablation/{{variant}}/train.tsv",
