@@ -49,8 +49,8 @@ TITLES = {
     "projector: the Attention Decoder output projector or per-head MLPs; AB layers; loss: kd = soft CE + hidden-state "
     "regression, kd_no_regression, hard_ce = CE on the data tokens), training cost, and held-out top-1 per head depth",
     "step_cost": "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
-    "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (τ is about 1, so only costs "
-    "mean anything); plain = plain decoding's ms per token; synced = the step with a device sync around every "
+    "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (only the costs mean anything: "
+    "a random target often repeats itself, so an untrained head's τ says nothing about a trained one's); plain = plain decoding's ms per token; synced = the step with a device sync around every "
     "phase over the step timed whole; projected = the paper's τ × plain / ms per step",
 }
 # Column heads short enough for the paper's page: the main table gives each task two columns.
