@@ -125,8 +125,11 @@ def ablation_files(config: dict) -> list[str]:
 
 def ablation_report_flags(config: dict) -> str:
     variants = ablation_variants(config) if config.get("ablation") else {}
-    return " ".join([*(f"--ablation-bench {v}={ablation_bench_file(config, v)}" for v in variants),
-                     *(f"--ablation-heads {v}={ablation_head_dir(config, v)}" for v in variants)])  # fmt: skip
+    if not variants:
+        return ""
+    # One flag each, its values listed: a repeated nargs flag would keep only its last use.
+    return " ".join(["--ablation-bench", *(f"{v}={ablation_bench_file(config, v)}" for v in variants),
+                     "--ablation-heads", *(f"{v}={ablation_head_dir(config, v)}" for v in variants)])  # fmt: skip
 
 
 def ablation_questions(config: dict) -> int:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from clover2.errors import Clover2Error
 from clover2.report import build_tables
-from clover2.workflow import check_config, stage_times, train_flags
+from clover2.workflow import ablation_report_flags, check_config, stage_times, train_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["default", "smoke", "paper-vicuna7b", "paper-llama3-8b"]
@@ -204,9 +204,18 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     assert "tree_size" in latex and {"ablation", "step_cost"} <= set(stage_times([tmp_path / "results"]).index)
     ablation = (tmp_path / "paper" / "tables" / "ablation_training.tex").read_text()
     assert "mlp\\_projector" in ablation and "state\\_first" not in ablation  # one variant: the projector's
+    assert "\nclover2 &" in ablation  # and the full method's row beside it
     variant = json.loads((root / "ablation" / "mlp_projector" / "head" / "head.json").read_text())
     assert variant["options"]["output_projector"] == "mlp" and variant["options"]["draft_vocab"] == config["training"]["options"]["draft_vocab"]
     assert {row["method"] for row in map(json.loads, (root / "ablation" / "clover2" / "bench.jsonl").read_text().splitlines())} == {"clover2", "vanilla"}
     assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
     shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights
+
+
+def test_ablation_report_flags_list_every_variant_under_one_flag_each():
+    config = _config("default")
+    config["ablation"].setdefault("method", "clover2")  # the schema's default, filled in by Snakemake's validate
+    flags = ablation_report_flags(config).split()
+    assert flags.count("--ablation-bench") == flags.count("--ablation-heads") == 1
+    assert len(flags) == 2 + 2 * (len(config["ablation"]["variants"]) + 1)
