@@ -198,9 +198,15 @@ def _train(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     data = None if settings.get("teacher_cache") else _training_data(args)
-    target = load_target(args.target, device=args.device or _default_device())
-    out = train(target, data, args.out, TrainConfig(**settings))
-    print(f"head ready: {out}")
+    device, rank = args.device or _default_device(), os.environ.get("LOCAL_RANK")
+    if rank is not None and device == "cuda":  # under accelerate launch: one GPU per process
+        device = f"cuda:{rank}"
+    if rank not in (None, "0"):  # and one set of loading bars, the first process's
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    target = load_target(args.target, device=device)
+    train(target, data, args.out, TrainConfig(**settings))
 
 
 def _training_data(args: argparse.Namespace) -> Path:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from clover2.sharegpt import Example, load_examples
 from clover2.targets import Target
 from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id
 
-LOG, STATE = "train_log.jsonl", "state.json"
+LOG, STATE, RESUMES = "train_log.jsonl", "state.json", "resumes.json"
 
 # The papers' optimiser settings per method (METHODS.md §1-§4); everything else is shared.
 METHOD_DEFAULTS: dict[str, dict] = {
@@ -86,7 +87,9 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
     """Train `config.method`'s head for `target` on ShareGPT conversations from `data`; return the head directory."""
     config = config.resolved()
     out, work = Path(out), Path(f"{out}.partial")
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    on_cpu = target.model.device.type == "cpu"
+    # cpu=True is what makes accelerate run several CPU processes (accelerate launch) as gloo data parallel.
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision="no" if on_cpu else "bf16")
     torch.manual_seed(config.seed)
     model = target.model.to(accelerator.device).requires_grad_(False).eval()
     teacher = CachedTeacher(Path(config.teacher_cache), target) if config.teacher_cache else OnlineTeacher(model, pad_id(target))
@@ -136,7 +139,7 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
             optimizer.zero_grad()
             step += 1
             progress.update()
-            record = {"step": step, "epoch": epoch, "loss": float(result.total.detach()), **result.parts,
+            record = {"step": step, "epoch": epoch, **_global_losses(accelerator, result),
                       "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
             if step % config.eval_every == 0 or step == total_steps:
                 record["heldout"] = evaluate()
@@ -150,14 +153,25 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
     finally:
         log.close()
         progress.close()
-    training = {"config": asdict(config), "steps": step, "seconds": round(time.monotonic() - started, 1),
-                "examples": len(examples), "heldout": len(heldout)}  # fmt: skip
     if main:
+        training = {"config": asdict(config), "steps": step, "seconds": round(time.monotonic() - started, 1),
+                    "examples": len(examples), "heldout": len(heldout), "processes": world,
+                    "resumed_from": _resumes(work)}  # fmt: skip
         extra = {LOG: (work / LOG).read_text(encoding="utf-8"), "training.json": json.dumps(training, indent=2) + "\n"}
         save_head(accelerator.unwrap_model(head), out, target.identity, extra)
         shutil.rmtree(work)
+        print(f"head ready: {out}", flush=True)
     accelerator.wait_for_everyone()
     return out
+
+
+def _global_losses(accelerator: Accelerator, result: HeadLoss) -> dict[str, float]:
+    """The step's loss and its parts averaged over the processes: what one process on the global batch logs."""
+    names = ["loss", *result.parts]
+    values = torch.tensor([float(result.total.detach()), *result.parts.values()], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, "mean")
+    return dict(zip(names, values.tolist()))
 
 
 def _out_of_time(config: TrainConfig, started: float, accelerator: Accelerator) -> bool:
@@ -169,20 +183,37 @@ def _out_of_time(config: TrainConfig, started: float, accelerator: Accelerator) 
 
 
 def _resume(accelerator: Accelerator, work: Path) -> int:
-    """Load the last checkpoint of an interrupted run (if any) and return its step."""
-    work.mkdir(parents=True, exist_ok=True)
+    """Load the last checkpoint of an interrupted run (if any) and return its step.
+
+    A checkpoint resumes under any number of processes: the step counts global batches, and
+    accelerate's state holds one set of weights and optimiser moments (and per-process RNG states,
+    which a process without its own file leaves as they are).
+    """
+    main = accelerator.is_main_process
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     state = work / "checkpoint" / STATE
     if not state.exists():
-        if accelerator.is_main_process:
+        if main:
             (work / LOG).write_text("", encoding="utf-8")
+            (work / RESUMES).unlink(missing_ok=True)
         return 0
     accelerator.load_state(str(work / "checkpoint"))
     step = json.loads(state.read_text(encoding="utf-8"))["step"]
-    # The log may run past the checkpoint: keep the lines up to it so the resumed run continues it.
-    lines = [line for line in (work / LOG).read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-    if accelerator.is_main_process:
+    if main:
+        # The log may run past the checkpoint: keep the lines up to it so the resumed run continues it.
+        lines = [line for line in (work / LOG).read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
         (work / LOG).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        atomic_write_text(work / RESUMES, json.dumps([*_resumes(work), step]) + "\n")
+        print(f"resuming from step {step} ({work / 'checkpoint'})", file=sys.stderr, flush=True)
     return step
+
+
+def _resumes(work: Path) -> list[int]:
+    """The steps this run resumed from, in order (a head trained through preemptions records them)."""
+    path = work / RESUMES
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
 def _checkpoint(accelerator: Accelerator, work: Path, step: int) -> None:
