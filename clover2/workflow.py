@@ -151,6 +151,23 @@ def train_flags(config: dict, head: str, changes: dict | None = None) -> str:
     return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in options.items())])
 
 
+def job_resources(config: dict, processes: int = 1) -> dict[str, int]:
+    """What a job that loads the target asks a scheduler for, beside its threads: one GPU per process on
+    CUDA, and `job_mem_mb` per process. A site's profile adds only what is its own (partition, account)."""
+    gpus = processes if config["device"].startswith("cuda") else 0
+    return {"gpu": gpus, "mem_mb": config.get("job_mem_mb", 8000) * processes}
+
+
+def train_launcher(config: dict) -> str:
+    """The command that runs `train`: clover2 itself, or accelerate launch with `train_processes` processes
+    (accelerate's --multi_gpu is the flag that starts them; on a CPU they train with gloo; the precision is
+    clover2 train's own: bf16 autocast on CUDA)."""
+    processes = config.get("train_processes", 1)
+    if processes == 1:
+        return "clover2"
+    return f"accelerate launch --multi_gpu --num_processes {processes} --num_machines 1 --dynamo_backend no -m clover2.cli"
+
+
 def teacher_flags(config: dict) -> str:
     """`clover2 cache-teacher` flags from the `teacher` section."""
     return _flags(config.get("teacher") or {})

@@ -1,6 +1,7 @@
 """Shared fixtures: no hub access, the data mirror, a tiny random Llama, and the real SmolLM2 target."""
 
 import os
+import shutil
 from pathlib import Path
 
 # Set before transformers is imported anywhere: an accidental hub call would otherwise stall ~24 s.
@@ -70,3 +71,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke workflow run once on this machine (--cores 2; minutes), for every test that reads or compares it."""
+    from workflow_runs import SMOKE, config, timed_snakemake
+
+    workdir = tmp_path_factory.mktemp("smoke")
+    run = timed_snakemake("--cores", "2", "--configfile", str(SMOKE), workdir=workdir, timeout=3000)
+    assert run.result.returncode == 0, run.result.stderr[-3000:]
+    yield run
+    shutil.rmtree(workdir / "results" / config("smoke")["target"]["name"] / "target", ignore_errors=True)  # 500 MB of weights

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,33 +10,23 @@ import pandas as pd
 import pytest
 import yaml
 from safetensors.torch import load_file
+from workflow_runs import ROOT, job_counts, snakemake
+from workflow_runs import config as _config
 
 from clover2.errors import Clover2Error
 from clover2.report import build_tables
-from clover2.workflow import ablation_report_flags, check_config, stage_times, train_flags
+from clover2.workflow import ablation_report_flags, check_config, job_resources, stage_times, train_flags, train_launcher
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["default", "smoke", "paper-vicuna7b", "paper-llama3-8b"]
-
-
-def _snakemake(*args: str, workdir: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    # The venv's bin first, so that rules find `clover2` as a fresh shell would after installation.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
-
-
-def _config(name: str) -> dict:
-    return yaml.safe_load((ROOT / "workflow" / "config" / f"{name}.yaml").read_text())
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_builds_its_whole_dag(name, tmp_path):
-    result = _snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/config" / f"{name}.yaml"), workdir=tmp_path)
+    result = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "workflow/config" / f"{name}.yaml"), workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     config = _config(name)
     bench, lossless = config["bench"], config["lossless"]
-    counts = _job_counts(result.stdout)
+    counts = job_counts(result.stdout)
     # One job per task and temperature decodes every method; one job writes every question file.
     assert counts["bench"] == len(bench["tasks"]) * len(bench["temperatures"])
     assert counts["lossless"] == len(lossless["tasks"]) * len(lossless["temperatures"])
@@ -49,9 +38,9 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
 
 
 def test_the_default_dag_has_at_most_55_jobs(tmp_path):
-    result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
+    result = snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    counts = _job_counts(result.stdout)
+    counts = job_counts(result.stdout)
     assert counts["total"] <= 55
     variants = _config("default")["ablation"]["variants"]
     assert counts["train_ablation"] == len(variants) and counts["bench_ablation"] == len(variants) + 1  # + the full method
@@ -72,20 +61,8 @@ def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path
     assert len((tmp_path / "results/questions/gsm8k.jsonl").read_text().splitlines()) == _config("smoke")["bench"]["questions"]
 
 
-def _job_counts(stdout: str) -> dict[str, int]:
-    """The dry run's "Job stats" table: rule name -> number of jobs."""
-    table = stdout[stdout.index("Job stats:") :].splitlines()[3:]
-    counts = {}
-    for line in table:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_the_default_config_is_used_without_a_configfile(tmp_path):
-    result = _snakemake("-n", "--cores", "2", workdir=tmp_path)
+    result = snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "results/smollm2-135m-instruct/bench/mt_bench/T0.jsonl" in result.stdout
 
@@ -124,7 +101,7 @@ def test_a_bad_config_fails_before_any_job_naming_the_key(case, tmp_path):
             config[section] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = _snakemake("-n", "--cores", "1", "--configfile", str(path), workdir=tmp_path)
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path), workdir=tmp_path)
     assert result.returncode != 0
     assert key in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
@@ -134,6 +111,20 @@ def test_registry_checks_name_the_key():
     config = _config("smoke") | {"baseline": "medusa"}
     with pytest.raises(Clover2Error, match="'baseline'"):
         check_config(config)
+
+
+def test_a_job_asks_for_its_processes_gpus_and_memory_from_the_config(tmp_path):
+    paper, smoke = _config("paper-vicuna7b"), _config("smoke")
+    assert job_resources(paper) == {"gpu": 1, "mem_mb": 64000}
+    assert job_resources(paper, paper["train_processes"]) == {"gpu": 4, "mem_mb": 4 * 64000}
+    assert job_resources(smoke) == {"gpu": 0, "mem_mb": 8000}  # the schema's default memory, no GPU on a CPU
+    assert train_launcher(smoke) == "clover2"
+    paper_file = ROOT / "workflow/config/paper-vicuna7b.yaml"
+    result = snakemake("-n", "-p", "--cores", "64", "--configfile", str(paper_file), workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    train = result.stdout[result.stdout.index("rule train:") :].split("\n\n")[0]
+    assert "threads: 32" in train and "gpu=4" in train and "mem_mb=256000" in train  # 4 processes of 8 threads
+    assert "accelerate launch --multi_gpu --num_processes 4 " in train and "--threads 8 " in train
 
 
 def test_train_flags_merge_shared_and_per_head_settings():
@@ -171,10 +162,9 @@ def test_stage_times_add_up_each_stage_from_snakemake_benchmark_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
+def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
     """The whole smoke workflow on the real SmolLM2 target (minutes): every artefact is there and reads."""
-    result = _snakemake("--cores", "2", "--configfile", str(ROOT / "workflow/config/smoke.yaml"), workdir=tmp_path, timeout=3000)
-    assert result.returncode == 0, result.stderr[-3000:]
+    tmp_path = smoke_run.workdir
     config = _config("smoke")
     root = tmp_path / "results" / config["target"]["name"]
     bench = sorted(root.glob("bench/*/T*.jsonl"))
@@ -210,7 +200,6 @@ def test_smoke_workflow_outputs_exist_and_parse(tmp_path):
     assert {row["method"] for row in map(json.loads, (root / "ablation" / "clover2" / "bench.jsonl").read_text().splitlines())} == {"clover2", "vanilla"}
     assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
-    shutil.rmtree(tmp_path / "results" / config["target"]["name"] / "target")  # 500 MB of weights
 
 
 def test_ablation_report_flags_list_every_variant_under_one_flag_each():

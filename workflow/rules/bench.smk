@@ -25,7 +25,7 @@ rule bench:
         timing=config["bench"]["timing"],
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        **wf.job_resources(config),
     log:
         f"{TARGET}/logs/bench/{{task}}/T{{temperature}}.log",
     benchmark:
@@ -48,7 +48,7 @@ rule lossless:
         check=config["lossless"],
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        **wf.job_resources(config),
     log:
         f"{TARGET}/logs/lossless/{{task}}/T{{temperature}}.log",
     benchmark:
@@ -94,7 +94,7 @@ rule step_cost:
         published=f"--published {config['published']}" if config.get("published") else "",
     threads: config["threads"]
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        **wf.job_resources(config),
     log:
         f"{TARGET}/logs/step_cost.log",
     benchmark:

@@ -7,6 +7,8 @@ rule target:
     params:
         source=config["target"]["source"],
         template=f"--chat-template {config['target']['chat_template']}" if config["target"].get("chat_template") else "",
+    resources:
+        mem_mb=config["job_mem_mb"],
     log:
         f"{TARGET}/logs/target.log",
     benchmark:

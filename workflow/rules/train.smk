@@ -13,9 +13,12 @@ rule teacher:
     params:
         flags=wf.teacher_flags(config),
         data=f"--data {config['training_data']}" if config.get("training_data") else "",
-    threads: workflow.cores  # alone in the DAG at its time: every head waits for it
+    # The config's threads, as every job: `workflow.cores` is unknown to a cluster run (Snakemake refuses
+    # it) and is the node's whole CPU count inside a Slurm job step. Locally the step-cost job runs beside
+    # it, whose timings a teacher on every core would disturb.
+    threads: config["threads"]
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        **wf.job_resources(config),
     log:
         f"{TARGET}/logs/teacher.log",
     benchmark:
@@ -34,20 +37,20 @@ rule train:
         directory(f"{TARGET}/heads/{{head}}"),
     params:
         method=lambda wildcards: wildcards.head,
-        launcher=config.get("train_launcher", "clover2"),
+        launcher=wf.train_launcher(config),
         flags=lambda wildcards, input: wf.train_flags(config, wildcards.head)
         + "".join(f" --teacher-cache {path}" for path in input.teacher),
         data=f"--data {config['training_data']}" if config.get("training_data") else "",
-    threads: config["threads"]
+    threads: config["threads"] * config["train_processes"]
     resources:
-        gpu=1 if config["device"].startswith("cuda") else 0,
+        **wf.job_resources(config, config["train_processes"]),
     log:
         f"{TARGET}/logs/train/{{head}}.log",
     benchmark:
         f"{TARGET}/benchmarks/train/{{head}}.tsv",
     shell:
         "{params.launcher} train --target {input.target} --method {params.method} --out {output} {params.data} "
-        "{params.flags} --threads {threads} --device {config[device]} > {log} 2>&1"
+        "{params.flags} --threads {config[threads]} --device {config[device]} > {log} 2>&1"
 
 
 # Ablation variants: the ablated method's head with each variant's options, at the main head's budget
@@ -60,7 +63,7 @@ use rule train as train_ablation with:
         directory(f"{TARGET}/ablation/{{variant}}/head"),
     params:
         method=ABLATION_METHOD,
-        launcher=config.get("train_launcher", "clover2"),
+        launcher=wf.train_launcher(config),
         flags=lambda wildcards, input: wf.train_flags(config, ABLATION_METHOD, config["ablation"]["variants"][wildcards.variant])
         + "".join(f" --teacher-cache {path}" for path in input.teacher),
         data=f"--data {config['training_data']}" if config.get("training_data") else "",
