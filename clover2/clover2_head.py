@@ -76,7 +76,7 @@ ABLATION_CHOICES = {
 
 
 # The paper's value of every ablation option (a head.json written before the options existed used these).
-PAPER_CHOICES = {"extraction_order": "token_first", "output_projector": "ad", "augmenting_layers": 2, "distillation": "kd"}
+PAPER_CHOICES = {option: values[0] for option, values in ABLATION_CHOICES.items()} | {"augmenting_layers": 2}
 
 
 def _check_options(heads: int, augmenting_layers: int, choices: dict[str, str]) -> None:
@@ -190,7 +190,8 @@ class Clover2Head(DraftHead):
             predicted = output[mask]
             logits = self.vocab.project(predicted)
             teacher = _shifted(batch.teacher_logits, i + 1, length)[mask]
-            loss, terms = self._head_loss(predicted, logits, teacher, _shifted(batch.h, i + 1, length)[mask], _shifted(ids, i + 2, length)[mask])
+            h_next, next_ids = _shifted(batch.h, i + 1, length)[mask], _shifted(ids, i + 2, length)[mask]
+            loss, terms = self._head_loss(predicted, logits, teacher, h_next, next_ids)
             result.total = result.total + self.options["decay"] ** i * loss
             for name, value in terms.items():
                 parts[name] = parts.get(name, 0.0) + float(value.detach())

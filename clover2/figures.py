@@ -100,6 +100,8 @@ FIGURES = {
     "depth_acceptance": depth_figure,
     "time_split": time_split_figure,
 }
+
+
 def ablation_figure(table: pd.DataFrame):
     """Per ablation variant: τ over all tasks, and the speedup with its 95 % CI, the full method on top."""
     figure, (left, right) = plt.subplots(1, 2, sharey=True)

@@ -20,9 +20,9 @@ import pandas as pd
 from safetensors import safe_open
 
 from clover2.atomic import atomic_write_bytes, atomic_write_text
+from clover2.clover2_head import PAPER_CHOICES
 from clover2.draft_vocab import IDS
 from clover2.errors import Clover2Error
-from clover2.clover2_head import PAPER_CHOICES
 from clover2.metrics import paired, read_bench, speedups, summary, tau, tree_size_curve, verify_cost
 from clover2.quality import gsm8k_correct, humaneval_passed
 from clover2.tasks import read_questions
@@ -50,8 +50,9 @@ TITLES = {
     "regression, kd_no_regression, hard_ce = CE on the data tokens), training cost, and held-out top-1 per head depth",
     "step_cost": "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
     "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (only the costs mean anything: "
-    "a random target often repeats itself, so an untrained head's τ says nothing about a trained one's); plain = plain decoding's ms per token; synced = the step with a device sync around every "
-    "phase over the step timed whole; projected = the paper's τ × plain / ms per step",
+    "a random target often repeats itself, so an untrained head's τ says nothing about a trained one's); plain = plain "
+    "decoding's ms per token; synced = the step with a device sync around every phase over the step timed whole; "
+    "projected = the paper's τ × plain / ms per step",
 }
 # Column heads short enough for the paper's page: the main table gives each task two columns.
 TASK_LABELS = {"mt_bench": "MT-Bench", "translation": "Transl.", "summarization": "Summ.", "qa": "QA",
@@ -157,31 +158,34 @@ ABLATION_LABELS = {"extraction_order": "order", "output_projector": "projector",
                    "distillation": "loss"}  # fmt: skip
 
 
-def ablation_tables(bench: dict[str, Path], heads: dict[str, Path], baseline: str = "vanilla") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per variant, in the order given (the full method first): (speed, training).
-
-    Speed: τ per task and over all, and the speedup over all its questions with its 95 % CI. Training:
-    the variant's value of each of the paper's four choices, training minutes and steps, and held-out
-    top-1 per head depth. `bench` and `heads` map each variant to its bench file (T = 0, the baseline
-    interleaved) and its head directory."""
-    speed, training = [], []
-    for variant, path in bench.items():
-        frame = read_bench([path])
-        frame = frame[frame["temperature"] == 0]
-        ours = frame[frame["method"] != baseline]
-        row = {"variant": variant}
-        row |= {TASK_LABELS.get(task, task): tau(g["new_tokens"], g["steps"]) for task, g in ours.groupby("task", sort=False)}
-        row["τ"] = tau(ours["new_tokens"], ours["steps"])
-        pooled = speedups(paired(frame, baseline))
-        speed.append(row | {"speedup": pooled["speedup"], "CI low": pooled["speedup_ci_low"], "CI high": pooled["speedup_ci_high"]})
-        options = _read_json(Path(heads[variant]) / "head.json").get("options", {})
-        summary_ = _read_json(Path(heads[variant]) / "training.json")
-        log = [json.loads(line) for line in (Path(heads[variant]) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-        last = next(r["heldout"] for r in reversed(log) if "heldout" in r)
-        training.append({"variant": variant, **{label: options.get(key, PAPER_CHOICES[key]) for key, label in ABLATION_LABELS.items()},
-                         "minutes": round(summary_["seconds"] / 60, 1), "steps": summary_["steps"],
-                         "held-out top-1 (%)": "/".join(f"{100 * v:.0f}" for v in last["top1"])})  # fmt: skip
+def ablation_tables(
+    bench: dict[str, Path], heads: dict[str, Path], baseline: str = "vanilla"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per variant, in the order given (the full method first): (speed, training). `bench` and `heads`
+    map each variant to its bench file (T = 0, the baseline interleaved) and its head directory."""
+    speed = [{"variant": variant, **_ablation_speed(path, baseline)} for variant, path in bench.items()]
+    training = [{"variant": variant, **_ablation_training(Path(head))} for variant, head in heads.items()]
     return pd.DataFrame(speed).set_index("variant"), pd.DataFrame(training).set_index("variant")
+
+
+def _ablation_speed(path: Path, baseline: str) -> dict:
+    """τ per task and over all, and the speedup over all the file's questions with its 95 % CI."""
+    frame = read_bench([path])
+    frame = frame[frame["temperature"] == 0]
+    ours = frame[frame["method"] != baseline]
+    row = {TASK_LABELS.get(task, task): tau(g["new_tokens"], g["steps"]) for task, g in ours.groupby("task", sort=False)}
+    pooled = speedups(paired(frame, baseline))
+    return row | {"τ": tau(ours["new_tokens"], ours["steps"]), "speedup": pooled["speedup"],
+                  "CI low": pooled["speedup_ci_low"], "CI high": pooled["speedup_ci_high"]}  # fmt: skip
+
+
+def _ablation_training(head: Path) -> dict:
+    """The head's value of each of the paper's four choices, its training minutes and steps, and held-out top-1 per depth."""
+    options, run = _read_json(head / "head.json").get("options", {}), _read_json(head / "training.json")
+    choices = {label: options.get(key, PAPER_CHOICES[key]) for key, label in ABLATION_LABELS.items()}
+    top1 = _last_heldout(_training_log(head))["top1"]
+    return choices | {"minutes": round(run["seconds"] / 60, 1), "steps": run["steps"],
+                      "held-out top-1 (%)": "/".join(f"{100 * v:.0f}" for v in top1)}  # fmt: skip
 
 
 def lossless_table(paths: Sequence[Path]) -> pd.DataFrame:
@@ -205,8 +209,7 @@ def training_table(head_dirs: Sequence[Path]) -> pd.DataFrame:
     for directory in head_dirs:
         directory = Path(directory)
         training, head = _read_json(directory / "training.json"), _read_json(directory / "head.json")
-        log = [json.loads(line) for line in (directory / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-        last = next(r["heldout"] for r in reversed(log) if "heldout" in r)
+        last = _last_heldout(_training_log(directory))
         rows.append({"head": head["method"], "steps": training["steps"], "minutes": round(training["seconds"] / 60, 1),
                      "trainable_params": _parameter_count(directory / "head.safetensors"),
                      "heldout_top1": " / ".join(f"{v:.2f}" for v in last["top1"])})  # fmt: skip
@@ -218,12 +221,22 @@ def learning_curve_table(head_dirs: Sequence[Path]) -> pd.DataFrame:
     rows = []
     for directory in head_dirs:
         method = _read_json(Path(directory) / "head.json")["method"]
-        log = [json.loads(line) for line in (Path(directory) / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+        log = _training_log(Path(directory))
         seconds = {r["step"]: r["seconds"] for r in log if "seconds" in r}
         for record in (r for r in log if "heldout" in r):
             top1 = {f"depth {k}": value for k, value in enumerate(record["heldout"]["top1"], start=1)}
             rows.append({"head": method, "step": record["step"], "minutes": round(seconds.get(record["step"], 0.0) / 60, 1), **top1})
     return pd.DataFrame(rows).set_index(["head", "step"])
+
+
+def _training_log(head: Path) -> list[dict]:
+    """A head directory's training log, one record per line."""
+    return [json.loads(line) for line in (head / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _last_heldout(log: list[dict]) -> dict:
+    """The last held-out evaluation in a training log."""
+    return next(r["heldout"] for r in reversed(log) if "heldout" in r)
 
 
 def _parameter_count(path: Path) -> int:

@@ -2,9 +2,10 @@
 
 A target with random weights is built from a config of a real model's shapes (no download), or a
 prepared target is loaded. With random weights τ means nothing (a random target often repeats
-itself, and an untrained head may then guess it), but what a step costs does not depend on the weights, so this measures costs only: ms per plain token, and ms per speculative step
-split into draft, verify and bookkeeping, for plain decoding, `generate` and every head method with
-an untrained head. The projected speedup puts the paper's τ (the published CSV) on these costs:
+itself, and an untrained head may then guess it), but what a step costs does not depend on the
+weights, so this measures costs only: ms per plain token, and ms per speculative step split into
+draft, verify and bookkeeping, for plain decoding, `generate` and every head method with an
+untrained head. The projected speedup puts the paper's τ (the published CSV) on these costs:
 
     projected = τ_paper × (plain ms per token) / (method ms per step)
 

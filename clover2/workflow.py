@@ -90,7 +90,9 @@ def _check_ablation(ablation: dict, config: dict) -> None:
     variant's options are options of that head."""
     method = ablation["method"]
     if method not in config["heads"] or method not in config["methods"] or head_of(config, method) != method:
-        raise Clover2Error(f"config key 'ablation.method': {method!r} must be a key of 'heads' and of 'methods' drafting with its own head")
+        raise Clover2Error(
+            f"config key 'ablation.method': {method!r} must be a key of 'heads' and of 'methods' drafting with its own head"
+        )
     accepted = set(inspect.signature(head_class(method)).parameters) - {"target", "vocab_ids"}
     for variant, options in ablation["variants"].items():
         if variant == method:

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from workflow_runs import ROOT, SMOKE, config, job_counts, snakemake, timed_snakemake
+from workflow_runs import ROOT, SMOKE, config, job_counts, snakemake, snakemake_command, timed_snakemake
 
 from clover2.workflow import train_flags
 
@@ -200,8 +200,7 @@ def test_a_cancelled_training_job_resumes_from_its_checkpoint(cluster, site_prof
 
 def _background_snakemake(args: list[str], workdir: Path, env: dict) -> subprocess.Popen:
     """Snakemake started and left running; its output goes to workdir/snakemake.log (a pipe could fill up)."""
-    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    command, env = snakemake_command(args, workdir, env)
     with (workdir / "snakemake.log").open("w") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
 

@@ -13,11 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "config" / "smoke.yaml"
 
 
-def snakemake(*args: str, workdir: Path, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake_command(args: list[str], workdir: Path, env: dict | None = None) -> tuple[list[str], dict]:
+    """The command line and environment that run this repository's Snakefile in `workdir`."""
     # The venv's bin first, so that rules find `clover2` as a fresh shell would after installation.
     env = {**os.environ, **(env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args], env
+
+
+def snakemake(*args: str, workdir: Path, timeout: int = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    command, env = snakemake_command(list(args), workdir, env)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
 
 
