@@ -1,11 +1,8 @@
-"""Answer quality: GSM8K exact match, HumanEval pass@1, and the sandbox that runs model-written code."""
-
-from pathlib import Path
+"""Answer quality: GSM8K exact match and HumanEval pass@1 (the sandbox has tests of its own)."""
 
 import pytest
 
 from clover2.quality import gsm8k_correct, gsm8k_prediction, gsm8k_reference, humaneval_passed, humaneval_program
-from clover2.sandbox import run_sandboxed
 from clover2.tasks import load_questions
 
 
@@ -47,28 +44,3 @@ def test_a_chat_answer_with_the_whole_function_in_a_fence_is_run_as_written(prob
     answer = f"Here is the code:\n```python\n{body}\n```\nIt compares every pair."
     assert "from typing import List" in humaneval_program(answer, problem)
     assert humaneval_passed(answer, problem).passed
-
-
-ATTACKS = {
-    "infinite loop": "while True:\n    pass\n",
-    "fork bomb": "import os\nwhile True:\n    os.fork()\n",
-    "memory hog": "hog = []\nwhile True:\n    hog.append(bytearray(10**8))\n",
-    "write outside the sandbox": "open({escape!r}, 'w').write('escaped')\n",
-    "outgoing socket": "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=2)\n",
-    "subprocess": "import subprocess\nsubprocess.run(['touch', {escape!r}])\n",
-}
-
-
-@pytest.mark.parametrize("attack", ATTACKS, ids=str)
-def test_attacks_are_contained_and_scored_as_failures(attack, tmp_path):
-    escape = tmp_path / "escaped.txt"
-    result = run_sandboxed(ATTACKS[attack].format(escape=str(escape)) + "print('survived')\n", timeout=3)
-    assert not result.passed
-    assert not escape.exists()
-
-
-def test_writes_inside_the_sandbox_directory_work_and_vanish():
-    program = "open('notes.txt', 'w').write('kept')\nassert open('notes.txt').read() == 'kept'\nimport os\nprint(os.getcwd())\n"
-    result = run_sandboxed(program)
-    assert result.passed
-    assert not any(Path("/tmp").glob("clover2-sandbox-*/notes.txt"))
