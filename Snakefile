@@ -23,7 +23,8 @@ if not workflow.config_settings.configfiles:
 # A relative data mirror means relative to where the user typed the command (the shell's $PWD), not
 # to the --directory Snakemake moved to; jobs inherit the absolute path.
 anchor_mirror(Path(os.environ.get("PWD", os.getcwd())))
-validate(config, "workflow/schemas/config.schema.yaml")  # relative to this Snakefile
+wf.check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")  # one line naming the key
+validate(config, "workflow/schemas/config.schema.yaml")  # relative to this Snakefile; fills in the defaults
 wf.check_config(config)
 
 TARGET = f"results/{config['target']['name']}"

@@ -8,18 +8,20 @@ which method produced a record. A speculative method is the engine plus a drafte
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import functools
 from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from baselines.hf_generate import PROMPT_LOOKUP_TOKENS, hf_generate
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2.decoding import DecodeConfig, TurnRecord, generate
+from clover2.draft_vocab import frequent_tokens
 from clover2.drafter import Drafter
 from clover2.errors import Clover2Error
-from clover2.head_protocol import head_methods, load_head
+from clover2.head_protocol import head_class, head_methods, load_head
 from clover2.self_draft import SelfDrafter
 from clover2.tree import TreeShape, static_tree
 
@@ -73,3 +75,28 @@ def method_factory(name: str, head_dir: Path | None = None, drafting: dict | Non
         return _trained(name, head_dir, drafting or {})
     known = ", ".join([*METHODS, *head_methods()])
     raise Clover2Error(f"unknown method {name!r}; known: {known}")
+
+
+def check_head_options(method: str, options: dict, vocab_size: int | None = None) -> None:
+    """Fail as `method`'s training or decoding job would on `options`, without the target: build the head
+    for a tiny stand-in target and draft one step with it, so its constructor's and its drafter's own
+    checks run (option names and values, trees, dynamic-tree settings). `vocab_size`: the real target's
+    where it is known, so that a draft vocabulary larger than it fails too."""
+    size = options.get("draft_vocab")
+    stand_in = _stand_in_target(vocab_size or max(512, size if isinstance(size, int) else 0))
+    with torch.random.fork_rng():  # the caller's random state stays as it was
+        try:
+            ids = None if size is None else frequent_tokens([], size, stand_in.config.vocab_size, [])
+            head = head_class(method)(stand_in, vocab_ids=ids, **options)
+            generate(stand_in, [1, 2, 3], DecodeConfig(max_new_tokens=2), [], drafter=head.drafter())
+        except (TypeError, ValueError) as error:
+            raise Clover2Error(f"{method} head: {error}") from None
+
+
+@functools.cache
+def _stand_in_target(vocab_size: int) -> PreTrainedModel:
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config).eval()

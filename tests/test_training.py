@@ -155,9 +155,16 @@ def test_training_from_a_teacher_cache_makes_a_head(tiny_target, tmp_path):
     examples = load_examples(tiny_target.tokenizer, _sharegpt(tmp_path / "c.jsonl.gz", CHATS), count=8, max_length=64)
     with pytest.warns(UserWarning):
         cache = write_teacher_cache(tiny_target, examples, tmp_path / "cache", top_k=16, batch_size=4)
-    out = train(tiny_target, None, tmp_path / "head", _config(max_steps=2, teacher_cache=str(cache)))
+    out = train(tiny_target, None, tmp_path / "head", _config(conversations=6, max_steps=2, teacher_cache=str(cache)))
     assert (out / "head.safetensors").is_file()
     assert json.loads((out / "training.json").read_text())["config"]["teacher_cache"] == str(cache)
+    with pytest.raises(Clover2Error, match="holds 8 conversations, fewer than conversations \\+ heldout = 10"):
+        train(tiny_target, None, tmp_path / "head2", _config(max_steps=2, teacher_cache=str(cache)))
+
+
+def test_an_unknown_schedule_is_refused_naming_the_setting():
+    with pytest.raises(Clover2Error, match="training setting schedule: expected one of linear, .*got 'bogus'"):
+        _config(schedule="bogus").resolved()
 
 
 def test_teacher_cache_of_another_target_is_an_error(tiny_target, tmp_path):

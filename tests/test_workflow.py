@@ -78,7 +78,7 @@ BAD = {
     "sweep over a training option": ({"sweep": {"methods": {"eagle2": {"noise": [1]}}}}, "sweep.methods.eagle2.noise"),
     "sweep of a method without a head": ({"sweep": {"methods": {"vanilla": {"tree": ["chain_3"]}}}}, "sweep.methods.vanilla"),
     "sweep of an unknown tree": ({"sweep": {"methods": {"eagle": {"tree": ["chain_99"]}}}}, "sweep.methods.eagle.tree"),
-    "sweep value unfit for a path": ({"sweep": {"methods": {"eagle": {"tree": ["a/b"]}}}}, "['sweep']['methods']['eagle']['tree']"),
+    "sweep value unfit for a path": ({"sweep": {"methods": {"eagle": {"tree": ["a/b"]}}}}, "sweep.methods.eagle.tree"),
     "drafting option of a method without a head": ({"methods": {"self": {"drafting": {"tree": "chain_3"}}}}, "methods.self.drafting"),
     "ablation of an unknown option": ({"ablation": {"variants": {"x": {"layers": 1}}}}, "ablation.variants.x.layers"),
     "ablation variant named as the method": ({"ablation": {"variants": {"clover2": {"augmenting_layers": 1}}}}, "ablation.variants.clover2"),
@@ -104,6 +104,44 @@ def test_a_bad_config_fails_before_any_job_naming_the_key(case, tmp_path):
     result = snakemake("-n", "--cores", "1", "--configfile", str(path), workdir=tmp_path)
     assert result.returncode != 0
     assert key in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+# A value the jobs' own validators refuse: (where in the smoke config, the value, the key the error names).
+REFUSED_VALUES = {
+    "an ablation option's value": ("ablation.variants.sideways", {"extraction_order": "sideways"},
+                                   "ablation.variants.sideways.extraction_order"),
+    "a dynamic tree of negative size": ("methods.eagle2.drafting", {"total_tokens": -3}, "methods.eagle2.drafting.total_tokens"),
+    "an unknown tree in training.options": ("training.options.tree", "nonesuch", "training.options.tree"),
+    "an unknown training option": ("training.options.colour", "blue", "training.options.colour"),
+    "an EAGLE ablation variant's unknown option": ("ablation", {"method": "eagle", "tasks": ["mt_bench"], "variants": {"x": {"layers": 2}}},
+                                                   "ablation.variants.x.layers"),
+    "a teacher pass smaller than the training set": ("teacher.conversations", 5, "teacher.conversations"),
+    "an unknown schedule": ("training.schedule", "bogus", "training.schedule"),
+    "an unknown schedule of one head": ("heads.eagle", {"schedule": "bogus"}, "heads.eagle.schedule"),
+    "a draft vocabulary larger than the target's": ("training.options.draft_vocab", 100000, "training.options.draft_vocab"),
+    "an unknown top-level key": ("bogus_key", 3, "(the top level)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", REFUSED_VALUES, ids=str)
+def test_a_value_the_jobs_would_refuse_fails_the_dry_run_in_one_line(case, tmp_path):
+    where, value, key = REFUSED_VALUES[case]
+    config = _config("smoke")
+    *parents, last = where.split(".")
+    section = config
+    for name in parents:
+        section = section.setdefault(name, {})
+    section[last] = value
+    if case.startswith("an EAGLE ablation"):
+        config["methods"]["eagle"] = {"head": "eagle"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path), workdir=tmp_path)
+    assert result.returncode != 0
+    lines = (result.stderr + result.stdout).splitlines()
+    assert any(line.startswith(f"config key '{key}': ") for line in lines), lines
+    assert len(lines) <= 10
     assert not (tmp_path / "results").exists()
 
 
