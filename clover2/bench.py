@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from clover2.chat import prompt_ids
 from clover2.decoding import DecodeConfig, TurnRecord, turn_generator
+from clover2.errors import Clover2Error
 from clover2.methods import DecodeTurn
 from clover2.targets import Target
 from clover2.tasks import Question
@@ -26,12 +27,44 @@ def answer_text(target: Target, record: TurnRecord) -> str:
     return target.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
+class LongPrompt(Clover2Error):
+    """A turn's prompt leaves no room for one new token under --max-length or the model's context."""
+
+
+def turn_prompt(target: Target, question: Question, turn: int, answers: Sequence[str], config: DecodeConfig) -> list[int]:
+    """The prompt ids of `question`'s turn `turn` (0-based) after `answers`; LongPrompt when no new token fits,
+    never a turn of zero new tokens that a table would count as an answer."""
+    ids = prompt_ids(target.tokenizer, question.turns[: turn + 1], answers)
+    context = getattr(target.model.config, "max_position_embeddings", None) or config.max_length
+    limit, which = min((config.max_length, "--max-length"), (context, "the model's context"))
+    if len(ids) >= limit:
+        raise LongPrompt(f"{question.task} question {question.question_id} turn {turn + 1}: its prompt has {len(ids)} "
+                         f"tokens, leaving no room for an answer under {which} ({limit})")  # fmt: skip
+    return ids
+
+
+def fitting(target: Target, questions: Sequence[Question], config: DecodeConfig, skipped: list[str] | None) -> list[Question]:
+    """The questions whose first turn leaves room for an answer (checked before any decoding): a question
+    that does not is an error, or, when `skipped` is a list, left out and its reason appended there."""
+    kept = []
+    for question in questions:
+        try:
+            turn_prompt(target, question, 0, [], config)
+        except LongPrompt as error:
+            if skipped is None:
+                raise
+            skipped.append(str(error))
+            continue
+        kept.append(question)
+    return kept
+
+
 def decode_question(target: Target, decode: DecodeTurn, question: Question, config: DecodeConfig) -> list[dict]:
     """Every turn of `question`; each later turn's prompt includes the model's own earlier answers."""
     answers: list[str] = []
     turns = []
     for turn, _ in enumerate(question.turns):
-        ids = prompt_ids(target.tokenizer, question.turns[: turn + 1], answers)
+        ids = turn_prompt(target, question, turn, answers, config)
         generator = turn_generator(config.seed, question.question_id, turn, target.model.device)
         record = decode(target.model, ids, config, target.stop_token_ids, generator)
         answers.append(answer_text(target, record))
@@ -58,12 +91,15 @@ def run(
     provenance: dict,
     warmup: int = 3,
     done: Collection[tuple[str, str]] = (),
+    skipped: list[str] | None = None,
 ) -> Iterator[dict]:
     """Yield one result row per (question, run), with a progress bar; skip the (question id, method) pairs in `done`.
 
     Every run decodes each question in this process, the order rotating from question to question,
     so the speed ratio of any two runs (a method and the plain baseline) is measured under the same
-    conditions at the same time, and no run always goes first.
+    conditions at the same time, and no run always goes first. A question's rows come together once
+    every run has decoded it: a later turn whose prompt (grown by the earlier answers) leaves no room
+    is an error, or, when `skipped` is a list, drops the question from every run with its reason there.
     """
     if questions and warmup:
         for _, run_decode in runs:
@@ -71,17 +107,20 @@ def run(
     tasks = ",".join(dict.fromkeys(q.task for q in questions)) or "-"
     for index, question in enumerate(tqdm(questions, desc=f"{len(runs)} runs on {tasks}", unit="q")):
         shift = index % len(runs)
-        for name, run_decode in [*runs[shift:], *runs[:shift]]:
-            if (question.question_id, name) in done:
-                continue
-            yield {
-                "task": question.task,
-                "question_id": question.question_id,
-                "category": question.category,
-                "method": name,
-                "turns": decode_question(target, run_decode, question, config),
-                "provenance": provenance,
-            }
+        try:
+            rows = [_row(question, name, decode_question(target, run_decode, question, config), provenance)
+                    for name, run_decode in [*runs[shift:], *runs[:shift]] if (question.question_id, name) not in done]  # fmt: skip
+        except LongPrompt as error:
+            if skipped is None:
+                raise
+            skipped.append(str(error))
+            continue
+        yield from rows
+
+
+def _row(question: Question, method: str, turns: list[dict], provenance: dict) -> dict:
+    return {"task": question.task, "question_id": question.question_id, "category": question.category,
+            "method": method, "turns": turns, "provenance": provenance}  # fmt: skip
 
 
 def partial_path(path: Path) -> Path:

@@ -47,6 +47,7 @@ def _setup(args: argparse.Namespace):
     """Check the cheap arguments first, then load the target and build every method for it."""
     import torch
 
+    from clover2 import bench
     from clover2.tasks import load_questions, read_questions
 
     if args.limit is not None and args.limit < 0:
@@ -61,7 +62,16 @@ def _setup(args: argparse.Namespace):
     else:
         questions = load_questions(args.task, limit=args.limit, ids=args.ids)
     target = _load_target(args)
-    return target, [(name, make(target.model)) for name, make in factories], questions, config
+    skipped = [] if args.skip_long_prompts else None
+    questions = bench.fitting(target, questions, config, skipped)
+    return target, [(name, make(target.model)) for name, make in factories], questions, config, skipped
+
+
+def _report_skips(skipped: list[str] | None, kept: int) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} of {kept + len(skipped)} questions (--skip-long-prompts):", file=sys.stderr)
+        for reason in skipped:
+            print(f"  {reason}", file=sys.stderr)
 
 
 def _load_target(args: argparse.Namespace):
@@ -126,23 +136,27 @@ def _provenance(args: argparse.Namespace, target) -> dict:
 def _bench(args: argparse.Namespace) -> None:
     from clover2 import bench
 
-    target, runs, questions, config = _setup(args)
+    target, runs, questions, config, skipped = _setup(args)
     provenance = _provenance(args, target)
     finished = bench.finished_rows(args.out, provenance["config_hash"])
     if finished:
         print(f"resuming: {len(finished)} records of an interrupted run kept from {bench.partial_path(args.out)}")
     done = {(row["question_id"], row["method"]) for row in finished}
-    rows = bench.run(target, runs, questions, config, provenance, args.warmup, done)
+    upfront = len(skipped or [])
+    rows = bench.run(target, runs, questions, config, provenance, args.warmup, done, skipped)
     count = bench.write_jsonl(args.out, rows, finished)
-    print(f"{count} records ({len(runs)} methods x {len(questions)} questions) -> {args.out}")
+    decoded = len(questions) - (len(skipped or []) - upfront)  # less those a later turn's prompt outgrew
+    print(f"{count} records ({len(runs)} methods x {decoded} questions) -> {args.out}")
+    _report_skips(skipped, decoded)
 
 
 def _check_lossless(args: argparse.Namespace) -> int:
     from clover2.atomic import atomic_write_text
-    from clover2.chat import prompt_ids
+    from clover2.bench import turn_prompt
     from clover2.lossless import check_greedy, check_sampling
 
-    target, runs, questions, config = _setup(args)
+    target, runs, questions, config, skipped = _setup(args)
+    _report_skips(skipped, len(questions))
     if config.temperature == 0:
         reports = check_greedy(target, runs, questions, config)
         for name, report in reports.items():
@@ -154,7 +168,7 @@ def _check_lossless(args: argparse.Namespace) -> int:
                           f"{d.plain_margin}, {name} {d.method_margin} (tolerance {d.tolerance:.3g}; {name} kept its target's argmax: {d.method_chose_argmax})")  # fmt: skip
                     print(f"    plain:  {d.plain!r}\n    {name}: {d.method!r}")
     else:
-        prompt = prompt_ids(target.tokenizer, questions[0].turns[:1], []) if questions else []
+        prompt = turn_prompt(target, questions[0], 0, [], config) if questions else []
         if not prompt:
             raise Clover2Error(f"check-lossless: task {args.task!r} selected no question to sample from")
         reports = check_sampling(target, runs, prompt, config.temperature, args.samples, config.max_new_tokens, args.alpha, args.seed)
@@ -408,6 +422,9 @@ def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ids", nargs="+", help="only these question ids")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="per turn (check-lossless at T > 0: per draw)")
     parser.add_argument("--max-length", type=int, default=1960, help="prompt + new tokens per turn")
+    parser.add_argument("--skip-long-prompts", action="store_true",
+                        help="leave out (and count) a question whose prompt leaves no room for an answer under "
+                             "--max-length or the model's context; by default it is an error naming the question")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")

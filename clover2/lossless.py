@@ -10,8 +10,7 @@ import torch
 from scipy.stats import chi2_contingency
 from tqdm import tqdm
 
-from clover2.bench import answer_text
-from clover2.chat import prompt_ids
+from clover2.bench import answer_text, turn_prompt
 from clover2.decoding import DecodeConfig, TurnRecord, generate, turn_generator
 from clover2.methods import DecodeTurn
 from clover2.targets import Target
@@ -89,7 +88,7 @@ def check_greedy(
     for question in tqdm(questions, desc="greedy losslessness", unit="q"):
         answers: list[str] = []
         for turn in range(len(question.turns)):
-            ids = prompt_ids(target.tokenizer, question.turns[: turn + 1], answers)
+            ids = turn_prompt(target, question, turn, answers, config)
             plain = generate(target.model, ids, config, target.stop_token_ids)
             for name, decode in runs:
                 method, report = decode(target.model, ids, config, target.stop_token_ids, None), reports[name]

@@ -164,15 +164,20 @@ class _Line:
 
 
 def _jsonl_lines(path: Path) -> Iterator[_Line]:
+    """Each non-blank line's object; read as bytes and decoded line by line, so that a bad byte is
+    reported on its own line, at its column."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with opener(path, "rb") as handle:
         number = 0
         try:
             for number, raw in enumerate(handle, start=1):
-                if raw.strip():
-                    yield _Line(path, number, _json_object(raw, path, number))
-        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
-            raise Clover2Error(f"{path}:{number + 1}: cannot be read as UTF-8 JSON lines ({err})") from None
+                text = raw.decode("utf-8")
+                if text.strip():
+                    yield _Line(path, number, _json_object(text, path, number))
+        except UnicodeDecodeError as err:
+            raise Clover2Error(f"{path}:{number}: not UTF-8 (byte {err.object[err.start]:#04x} at column {err.start + 1})") from None
+        except (gzip.BadGzipFile, EOFError) as err:
+            raise Clover2Error(f"{path}:{number + 1}: cannot be read as gzipped JSON lines ({err})") from None
 
 
 def _json_object(raw: str, path: Path, number: int) -> dict:
@@ -368,10 +373,14 @@ def read_questions(path: Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise Clover2Error(f"question file not found: {path}")
-    questions = [
-        Question(line.text("task"), line.question_id(), line.text("category"), line.turns(), line.row.get("reference"))
-        for line in _jsonl_lines(path)
-    ]
+    questions, seen = [], {}
+    for line in _jsonl_lines(path):
+        question = Question(line.text("task"), line.question_id(), line.text("category"), line.turns(), line.row.get("reference"))
+        key = (question.task, question.question_id)
+        if key in seen:  # resuming and pairing with the baseline key on it
+            raise Clover2Error(f"{path}:{line.number}: task {key[0]!r} question_id {key[1]!r} is already on line {seen[key]}")
+        seen[key] = line.number
+        questions.append(question)
     if not questions:
         raise Clover2Error(f"{path}: no questions")
     return questions

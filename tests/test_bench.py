@@ -8,6 +8,7 @@ import pytest
 
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2 import bench
+from clover2.cli import main
 from clover2.decoding import DecodeConfig, generate
 from clover2.targets import load_target
 from clover2.tasks import load_questions
@@ -63,3 +64,35 @@ def test_an_interrupted_job_leaves_no_output_and_resumes_from_its_records(smollm
     assert count == len(rows) == 6 and rows[:3] == kept
     assert sorted((r["question_id"], r["method"]) for r in rows) == sorted((q.question_id, m) for q in questions for m, _ in runs)
     assert not bench.partial_path(out).exists()
+
+
+def test_a_prompt_that_leaves_no_room_is_an_error_naming_the_question(smollm2):
+    questions = load_questions("qa", limit=2)
+    tight = DecodeConfig(max_new_tokens=4, max_length=10)
+    with pytest.raises(bench.LongPrompt, match=rf"qa question {questions[0].question_id} turn 1: its prompt has \d+ tokens, "
+                                               r"leaving no room for an answer under --max-length \(10\)"):  # fmt: skip
+        bench.fitting(smollm2, questions, tight, None)
+    skipped = []
+    assert bench.fitting(smollm2, questions, tight, skipped) == [] and len(skipped) == 2
+
+
+def test_a_later_turn_that_outgrows_the_length_drops_its_question_from_every_run(smollm2, runs):
+    question = load_questions("mt_bench", limit=1)[0]
+    first = len(bench.turn_prompt(smollm2, question, 0, [], CONFIG))
+    tight = DecodeConfig(max_new_tokens=4, max_length=first + 5)  # room for the first answer, not for the second turn
+    with pytest.raises(bench.LongPrompt, match=f"mt_bench question {question.question_id} turn 2"):
+        list(bench.run(smollm2, runs, [question], tight, {}, warmup=0))
+    skipped = []
+    assert list(bench.run(smollm2, runs, [question], tight, {}, warmup=0, skipped=skipped)) == []
+    assert len(skipped) == 1 and "turn 2" in skipped[0]
+
+
+def test_bench_refuses_or_counts_the_questions_it_cannot_fit(smollm2_dir, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    args = ["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--task", "qa", "--limit", "2", "--max-length", "10",
+            "--max-new-tokens", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert "its prompt has" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--skip-long-prompts"]) == 0
+    assert "skipped 2 of 2 questions (--skip-long-prompts)" in capsys.readouterr().err
+    assert out.read_text() == ""

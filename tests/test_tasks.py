@@ -6,13 +6,14 @@ import os
 import random
 import re
 import urllib.error
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from clover2 import tasks
 from clover2.errors import Clover2Error
-from clover2.tasks import HUMANEVAL_PREFIX, Question, data_file, load_questions, task_names
+from clover2.tasks import HUMANEVAL_PREFIX, Question, data_file, load_questions, read_questions, task_names, write_questions
 
 REAL_MIRROR = Path(os.environ["CLOVER2_DATA_MIRROR"])
 SPEC_BENCH_SIX = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -320,3 +321,23 @@ def test_network_failure_names_the_url_and_the_mirror(tmp_path, monkeypatch):
 def test_unknown_file_without_a_mirror(no_mirror):
     with pytest.raises(Clover2Error, match=r"no public source is known for data file 'nope/x.jsonl'; set CLOVER2_DATA"):
         data_file("nope/x.jsonl")
+
+
+def test_a_bad_byte_is_reported_on_its_own_line_and_column(tmp_path):
+    lines = [json.dumps({"task": "qa", "question_id": str(i), "category": "qa", "turns": ["x"]}).encode() for i in range(3)]
+    lines[1] = lines[1].replace(b'"x"', b'"\xff"')
+    path = tmp_path / "questions.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    column = lines[1].index(b"\xff") + 1
+    with pytest.raises(Clover2Error, match=re.escape(f"{path}:2: not UTF-8 (byte 0xff at column {column})")):
+        read_questions(path)
+
+
+def test_a_question_file_with_a_repeated_task_and_id_names_both_lines(tmp_path):
+    questions = load_questions("qa", limit=2)
+    path = tmp_path / "questions.jsonl"
+    write_questions(path, [questions[0], questions[1], questions[0]])
+    with pytest.raises(Clover2Error, match=re.escape(f"{path}:3: task 'qa' question_id '{questions[0].question_id}' is already on line 1")):
+        read_questions(path)
+    write_questions(path, [questions[0], replace(questions[0], task="rag")])  # the same id in another task is another question
+    assert len(read_questions(path)) == 2
