@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -53,3 +54,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def complete_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file that a process appends to, up to the first line a kill tore
+    (one without its newline, or not valid JSON): what was written in full before the interrupt."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if not line.endswith("\n"):
+                raise ValueError("no newline")
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records

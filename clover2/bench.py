@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from clover2.atomic import complete_json_lines
 from clover2.chat import prompt_ids
 from clover2.decoding import DecodeConfig, TurnRecord, turn_generator
 from clover2.errors import Clover2Error
@@ -132,14 +133,7 @@ def finished_rows(path: Path, config_hash: str) -> list[dict]:
     partial = partial_path(path)
     if not partial.is_file():
         return []
-    rows = []
-    for line in partial.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        row = json.loads(line)
-        if row["provenance"]["config_hash"] == config_hash:
-            rows.append(row)
-    return rows
+    return [row for row in complete_json_lines(partial) if row["provenance"]["config_hash"] == config_hash]
 
 
 def write_jsonl(path: Path, rows: Iterator[dict], finished: Sequence[dict] = ()) -> int:

@@ -221,5 +221,9 @@ def load_head(
     missing = set(trainable_state(head)) - set(state)
     if missing:
         raise Clover2Error(f"{weights_path}: lacks {len(missing)} weights of a {method} head (e.g. {sorted(missing)[0]})")
-    head.load_state_dict(state, strict=False)
+    try:
+        head.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape: torch lists every one; the first says enough
+        first = next(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+        raise Clover2Error(f"{weights_path}: weights do not fit a {method} head for this target ({first})") from None
     return head

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 from transformers import SchedulerType, get_scheduler
 
-from clover2.atomic import atomic_write_text
+from clover2.atomic import atomic_write_text, complete_json_lines
 from clover2.draft_vocab import frequent_tokens
 from clover2.errors import Clover2Error
 from clover2.head_protocol import HeadLoss, head_class, save_head
@@ -31,6 +31,7 @@ from clover2.targets import Target
 from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id
 
 LOG, STATE, RESUMES = "train_log.jsonl", "state.json", "resumes.json"
+CHECKPOINT, FRESH, STALE = "checkpoint", "checkpoint.tmp", "checkpoint.old"  # the current one, and both sides of a swap
 
 # The papers' optimiser settings per method (METHODS.md §1-§4); everything else is shared.
 METHOD_DEFAULTS: dict[str, dict] = {
@@ -209,22 +210,36 @@ def _resume(accelerator: Accelerator, work: Path) -> int:
     main = accelerator.is_main_process
     if main:
         work.mkdir(parents=True, exist_ok=True)
+        _settle_checkpoint(work)
     accelerator.wait_for_everyone()
-    state = work / "checkpoint" / STATE
+    state = work / CHECKPOINT / STATE
     if not state.exists():
         if main:
             (work / LOG).write_text("", encoding="utf-8")
             (work / RESUMES).unlink(missing_ok=True)
         return 0
-    accelerator.load_state(str(work / "checkpoint"))
+    accelerator.load_state(str(work / CHECKPOINT))
     step = json.loads(state.read_text(encoding="utf-8"))["step"]
     if main:
-        # The log may run past the checkpoint: keep the lines up to it so the resumed run continues it.
-        lines = [line for line in (work / LOG).read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-        (work / LOG).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        # The log may run past the checkpoint, its last line torn by a kill: keep the records up to it.
+        records = [r for r in complete_json_lines(work / LOG) if r["step"] <= step] if (work / LOG).exists() else []
+        atomic_write_text(work / LOG, "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_text(work / RESUMES, json.dumps([*_resumes(work), step]) + "\n")
-        print(f"resuming from step {step} ({work / 'checkpoint'})", file=sys.stderr, flush=True)
+        print(f"resuming from step {step} ({work / CHECKPOINT})", file=sys.stderr, flush=True)
     return step
+
+
+def _settle_checkpoint(work: Path) -> None:
+    """After a kill at any point of a swap, the newest complete checkpoint (one with its state file,
+    written last) becomes `checkpoint`, and the others go."""
+    candidates = [work / name for name in (CHECKPOINT, FRESH, STALE)]
+    complete = [c for c in candidates if (c / STATE).is_file()]
+    newest = max(complete, key=lambda c: json.loads((c / STATE).read_text(encoding="utf-8"))["step"], default=None)
+    for candidate in candidates:
+        if candidate != newest:
+            shutil.rmtree(candidate, ignore_errors=True)
+    if newest is not None and newest.name != CHECKPOINT:
+        newest.rename(work / CHECKPOINT)
 
 
 def _resumes(work: Path) -> list[int]:
@@ -234,14 +249,17 @@ def _resumes(work: Path) -> list[int]:
 
 
 def _checkpoint(accelerator: Accelerator, work: Path, step: int) -> None:
-    """Save optimiser, scheduler, head and RNG states beside the old checkpoint, then swap them in."""
-    fresh = work / "checkpoint.tmp"
+    """Save optimiser, scheduler, head and RNG states beside the old checkpoint, then swap them in by two
+    renames: a complete checkpoint exists at every moment, and `_settle_checkpoint` finds the newest."""
+    fresh = work / FRESH
     if accelerator.is_main_process:
         shutil.rmtree(fresh, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh))  # every process takes part; accelerate writes the shared files once
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_text(fresh / STATE, json.dumps({"step": step}) + "\n")
-        shutil.rmtree(work / "checkpoint", ignore_errors=True)
-        fresh.rename(work / "checkpoint")
+        atomic_write_text(fresh / STATE, json.dumps({"step": step}) + "\n")  # last: it marks the checkpoint complete
+        if (work / CHECKPOINT).exists():
+            (work / CHECKPOINT).rename(work / STALE)
+        fresh.rename(work / CHECKPOINT)
+        shutil.rmtree(work / STALE, ignore_errors=True)

@@ -1,9 +1,16 @@
-"""Helpers the head tests share: teacher batches from the target's own text, a training loop, prompt states."""
+"""Helpers the head tests share: teacher batches from the target's own text, a training loop, prompt states,
+and a tiny random target prepared on disk for the tests that run `clover2` as a command."""
+
+import gzip
+import json
+from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from clover2.decoding import DecodeConfig, generate
 from clover2.drafter import TargetStates
+from clover2.targets import prepare_target
 from clover2.teacher import teacher_batch
 
 NO_STOP = [511]  # a token the tiny models never emit in these tests: only the budget ends a turn
@@ -69,3 +76,23 @@ def overfitted(head_class, model, prompt: list[int]):
     head = head_class(model)
     losses = train_steps(head, continuation_batch(model, prompt), steps=60, lr=1e-2)
     return head, losses[0], losses[-1]
+
+
+def prepare_tiny_target(smollm2_dir: Path, root: Path) -> Path:
+    """ROOT/target: a tiny random Llama over SmolLM2's vocabulary (and its tokenizer), prepared as a target."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "source")
+    tokenizer.save_pretrained(root / "source")
+    return prepare_target(str(root / "source"), root / "target")
+
+
+def write_sharegpt(path: Path, conversations: list[tuple[str, str]]) -> Path:
+    """One question and its answer per conversation, as a ShareGPT JSON-lines file."""
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for number, (question, answer) in enumerate(conversations):
+            turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+            handle.write(json.dumps({"id": str(number), "conversations": turns}) + "\n")
+    return path

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from clover2.chat import prompt_ids
 from clover2.cli import main
@@ -125,3 +126,53 @@ def test_drafting_options_go_to_their_method_and_bare_ones_to_every_method_with_
     pairs = ["total_tokens=30", "eagle2:depth=6", "clover2:tree=chain_3", "eagle2:total_tokens=8"]
     drafting = _drafting(pairs, ["vanilla", "eagle2", "clover2"], ["eagle2"])
     assert drafting == {"eagle2": {"total_tokens": 8, "depth": 6}, "clover2": {"tree": "chain_3"}}  # a later value wins
+
+
+def _edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        section, _, field = key.rpartition("__")
+        (config[section] if section else config)[field] = value
+    path.write_text(json.dumps(config))
+
+
+def _other_shapes(head_dir):
+    from safetensors.torch import load_file, save_file
+
+    weights = head_dir / "head.safetensors"
+    save_file({name: torch.zeros(3, *tensor.shape) for name, tensor in load_file(weights).items()}, weights)
+
+
+BAD_HEADS = {
+    "a corrupt head.safetensors": (lambda d: (d / "head.safetensors").write_bytes(b"not a safetensors file"), "head.safetensors: cannot read"),
+    "weights of other shapes": (_other_shapes, "head.safetensors: weights do not fit"),
+    "a head.json for another hidden size": (lambda d: _edit_json(d / "head.json", hidden_size=64), "head.json: hidden_size is 64, but the target's is 32"),
+    "a head.json for another vocabulary": (lambda d: _edit_json(d / "head.json", vocab_size=1000), "head.json: vocab_size is 1000"),
+    "a head of another method": (lambda d: _edit_json(d / "head.json", method="medusa"), "holds a medusa head, not eagle"),
+    "an unknown head option": (lambda d: _edit_json(d / "head.json", options__colour="blue"), "head.json: options do not fit"),
+    "a head.json that is not JSON": (lambda d: (d / "head.json").write_text("{torn"), "head.json: not a head config"),
+    "no head.json": (lambda d: (d / "head.json").unlink(), "head.json: not a head config"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_target_dir(smollm2_dir, tmp_path_factory):
+    from helpers import prepare_tiny_target
+
+    return prepare_tiny_target(smollm2_dir, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("case", BAD_HEADS, ids=str)
+def test_a_bad_head_directory_is_a_one_line_error_naming_the_file(case, tiny_target_dir, tmp_path, capsys):
+    from clover2.head_protocol import head_class, save_head
+
+    target = load_target(tiny_target_dir)
+    head_dir = save_head(head_class("eagle")(target.model), tmp_path / "head", target.identity)
+    spoil, message = BAD_HEADS[case]
+    spoil(head_dir)
+    code = main(["bench", "--target", str(tiny_target_dir), "--method", "eagle", "--head", f"eagle={head_dir}", "--task", "qa",
+                 "--limit", "1", "--max-new-tokens", "2", "--warmup", "0", "--out", str(tmp_path / "out.jsonl")])  # fmt: skip
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("clover2: error: ")]  # beside the target's loading bar
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert message in errors[0] and str(head_dir) in errors[0]

@@ -1,6 +1,5 @@
 """Data-parallel training under `accelerate launch`: 2 CPU processes (gloo) train as 1 process on their joint batch."""
 
-import gzip
 import json
 import os
 import subprocess
@@ -9,36 +8,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import prepare_tiny_target, write_sharegpt
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from clover2.sharegpt import load_examples
-from clover2.targets import prepare_target
+from clover2.targets import load_target
 from clover2.training import _batches
 
 TESTS = Path(__file__).resolve().parent
 PER_PROCESS_BATCH, STEPS = 2, 4
 # 14 conversations of one shape (2 held out): every example has the same length and the same scored
 # positions, so the mean of the per-process losses is the loss of their joint batch exactly.
-CONVERSATIONS = [[f"Say {n}.", f"{n} and {n + 1}."] for n in range(21, 35)]
+CONVERSATIONS = [(f"Say {n}.", f"{n} and {n + 1}.") for n in range(21, 35)]
 
 
 @pytest.fixture(scope="module")
 def workspace(smollm2_dir, tmp_path_factory) -> Path:
     """A tiny random Llama over SmolLM2's vocabulary, prepared as a target, and its ShareGPT file."""
     root = tmp_path_factory.mktemp("data_parallel")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(root / "source")
-    tokenizer.save_pretrained(root / "source")
-    prepare_target(str(root / "source"), root / "target")
-    with gzip.open(root / "chats.jsonl.gz", "wt", encoding="utf-8") as handle:
-        for number, (question, answer) in enumerate(CONVERSATIONS):
-            turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-            handle.write(json.dumps({"id": str(number), "conversations": turns}) + "\n")
-    examples = load_examples(tokenizer, root / "chats.jsonl.gz", len(CONVERSATIONS), 64)
+    target = prepare_tiny_target(smollm2_dir, root)
+    write_sharegpt(root / "chats.jsonl.gz", CONVERSATIONS)
+    examples = load_examples(load_target(target).tokenizer, root / "chats.jsonl.gz", len(CONVERSATIONS), 64)
     assert len({len(e.input_ids) for e in examples}) == len({sum(e.loss_mask) for e in examples}) == 1
     return root
 
