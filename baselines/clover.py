@@ -20,6 +20,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,7 @@ class AttentionDecoder(nn.Module):
 @register
 class CloverHead(DraftHead):
     method = "clover"
+    optimiser: ClassVar[dict] = {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"}
 
     def __init__(
         self,

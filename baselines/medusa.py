@@ -13,6 +13,7 @@ trainer (the default); decay = 0.8 is the weighting the Medusa paper describes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,7 @@ def hard_label_loss(logits: list[torch.Tensor], scored: list[Scored], weights: l
 @register
 class MedusaHead(DraftHead):
     method = "medusa"
+    optimiser: ClassVar[dict] = {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"}
 
     def __init__(
         self,

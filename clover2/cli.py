@@ -451,6 +451,18 @@ class _MethodAction(argparse._AppendAction):
         pass
 
 
+class _HeadMethodAction(argparse._StoreAction):
+    """train's --method, whose help lists the registered heads, built only when help is shown (as --method's)."""
+
+    @property
+    def help(self) -> str:
+        return f"the head to train: {', '.join(_head_methods())}"
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clover2", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -483,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
 
     training = verbs.add_parser("train", help="train a draft head by distillation from the target on ShareGPT")
     training.add_argument("--target", type=Path, required=True)
-    training.add_argument("--method", required=True, help="clover2, clover, eagle, eagle2 or medusa")
+    training.add_argument("--method", required=True, action=_HeadMethodAction)
     training.add_argument("--out", type=Path, required=True, help="the head directory to write")
     training.add_argument("--config", type=Path, help="YAML of training settings (see clover2/training.py TrainConfig)")
     training.add_argument("--data", type=Path, help="ShareGPT JSONL(.gz); default: the data mirror's sharegpt file")

@@ -14,6 +14,7 @@ an ablation variant is this head with other options (README "Ablations"): `extra
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,7 @@ def _check_options(heads: int, augmenting_layers: int, choices: dict[str, str]) 
 @register
 class Clover2Head(DraftHead):
     method = "clover2"
+    optimiser: ClassVar[dict] = {"lr": 1e-3, "betas": (0.9, 0.95), "warmup_steps": 8000, "schedule": "linear"}
 
     def __init__(
         self,

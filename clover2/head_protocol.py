@@ -56,6 +56,8 @@ class DraftHead(nn.Module):
     """The protocol every trainable head follows; subclasses register under their method name."""
 
     method: ClassVar[str]
+    # The paper's AdamW settings for this head (METHODS.md §1-§4): lr, betas, warmup_steps, schedule.
+    optimiser: ClassVar[dict]
     # Other methods whose trained weights this head drafts with as they are (EAGLE-2 uses EAGLE's).
     shares_weights_with: ClassVar[frozenset[str]] = frozenset()
     # Options that only shape the tree drafted, so a trained head can decode with other values (a sweep).
@@ -142,7 +144,15 @@ HEADS: dict[str, type[DraftHead]] = {}
 HEAD_MODULES = ("clover2.clover2_head", "baselines.clover", "baselines.eagle", "baselines.medusa")
 
 
+OPTIMISER_SETTINGS = frozenset({"lr", "betas", "warmup_steps", "schedule"})
+
+
 def register(cls: type[DraftHead]) -> type[DraftHead]:
+    """Add a head class under its method name; it must declare its optimiser settings itself (or inherit
+    them from the head it extends), since training has no method's values to fall back on."""
+    declared = set(getattr(cls, "optimiser", {}))
+    if declared != OPTIMISER_SETTINGS:
+        raise TypeError(f"{cls.__name__}: optimiser must set {', '.join(sorted(OPTIMISER_SETTINGS))}; it sets {sorted(declared)}")
     HEADS[cls.method] = cls
     return cls
 

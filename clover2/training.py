@@ -33,15 +33,6 @@ from clover2.teacher import CachedTeacher, OnlineTeacher, pad_id
 LOG, STATE, RESUMES = "train_log.jsonl", "state.json", "resumes.json"
 CHECKPOINT, FRESH, STALE = "checkpoint", "checkpoint.tmp", "checkpoint.old"  # the current one, and both sides of a swap
 
-# The papers' optimiser settings per method (METHODS.md §1-§4); everything else is shared.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "clover2": {"lr": 1e-3, "betas": (0.9, 0.95), "warmup_steps": 8000, "schedule": "linear"},
-    "eagle": {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"},
-    "eagle2": {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"},
-    "clover": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
-    "medusa": {"lr": 1e-3, "betas": (0.9, 0.999), "warmup_steps": 0, "schedule": "cosine"},
-}
-
 
 class SettingError(Clover2Error):
     """A training setting the loop cannot run with; `setting` names it."""
@@ -73,8 +64,8 @@ class TrainConfig:
     teacher_cache: str | None = None  # a directory from `clover2 cache-teacher`; None: the target runs online
 
     def resolved(self) -> TrainConfig:
-        """This config with the method's defaults filled in where a value was left None, checked."""
-        defaults = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["clover2"])
+        """This config with the head's own optimiser settings filled in where a value was left None, checked."""
+        defaults = head_class(self.method).optimiser
         config = TrainConfig(**{**asdict(self), **{k: v for k, v in defaults.items() if getattr(self, k) is None}})
         schedules = [kind.value for kind in SchedulerType]
         if config.schedule not in schedules:

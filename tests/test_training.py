@@ -175,3 +175,19 @@ def test_teacher_cache_of_another_target_is_an_error(tiny_target, tmp_path):
                                           num_hidden_layers=1, num_attention_heads=4))  # fmt: skip
     with pytest.raises(Clover2Error, match="teacher.json: hidden_size is 32"):
         CachedTeacher(cache, Target(bigger, tiny_target.tokenizer, [0], None, {}))
+
+
+def test_each_head_trains_with_its_own_optimiser_settings_and_an_unknown_method_has_none():
+    from clover2.head_protocol import DraftHead, head_class, register
+
+    assert _config(method="clover2", warmup_steps=None).resolved().warmup_steps == 8000
+    assert _config(method="medusa").resolved().betas == (0.9, 0.999)
+    assert TrainConfig(method="eagle2").resolved().lr == head_class("eagle").optimiser["lr"] == 3e-5
+    with pytest.raises(Clover2Error, match="unknown head method 'lookahead'"):
+        TrainConfig(method="lookahead").resolved()
+
+    class Undeclared(DraftHead):
+        method = "undeclared"
+
+    with pytest.raises(TypeError, match="Undeclared: optimiser must set betas, lr, schedule, warmup_steps"):
+        register(Undeclared)
