@@ -41,7 +41,7 @@ class EagleHead(DraftHead):
     """EAGLE-1's head: W_fc and one decoder layer without input norm; embedding and LM head are the target's."""
 
     method = "eagle"
-    optimiser: ClassVar[dict] = {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"}  # EAGLE-2 trains alike
+    optimiser: ClassVar[dict] = {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"}  # EAGLE-2's too
     defaults: ClassVar[dict] = TRAINING_DEFAULTS | {"tree": "eagle_mc_sim_7b_63"}
     shares_weights_with: ClassVar[frozenset[str]] = frozenset({"eagle", "eagle2"})
 

@@ -67,9 +67,9 @@ def _setup(args: argparse.Namespace):
     return target, [(name, make(target.model)) for name, make in factories], questions, config, skipped
 
 
-def _report_skips(skipped: list[str] | None, kept: int) -> None:
+def _report_skips(skipped: list[str] | None, selected: int) -> None:
     if skipped:
-        print(f"skipped {len(skipped)} of {kept + len(skipped)} questions (--skip-long-prompts):", file=sys.stderr)
+        print(f"skipped {len(skipped)} of {selected} questions (--skip-long-prompts):", file=sys.stderr)
         for reason in skipped:
             print(f"  {reason}", file=sys.stderr)
 
@@ -137,17 +137,16 @@ def _bench(args: argparse.Namespace) -> None:
     from clover2 import bench
 
     target, runs, questions, config, skipped = _setup(args)
+    selected = len(questions) + len(skipped or [])
     provenance = _provenance(args, target)
     finished = bench.finished_rows(args.out, provenance["config_hash"])
     if finished:
         print(f"resuming: {len(finished)} records of an interrupted run kept from {bench.partial_path(args.out)}")
     done = {(row["question_id"], row["method"]) for row in finished}
-    upfront = len(skipped or [])
     rows = bench.run(target, runs, questions, config, provenance, args.warmup, done, skipped)
     count = bench.write_jsonl(args.out, rows, finished)
-    decoded = len(questions) - (len(skipped or []) - upfront)  # less those a later turn's prompt outgrew
-    print(f"{count} records ({len(runs)} methods x {decoded} questions) -> {args.out}")
-    _report_skips(skipped, decoded)
+    print(f"{count} records ({len(runs)} methods x {selected - len(skipped or [])} questions) -> {args.out}")
+    _report_skips(skipped, selected)
 
 
 def _check_lossless(args: argparse.Namespace) -> int:
@@ -156,7 +155,7 @@ def _check_lossless(args: argparse.Namespace) -> int:
     from clover2.lossless import check_greedy, check_sampling
 
     target, runs, questions, config, skipped = _setup(args)
-    _report_skips(skipped, len(questions))
+    _report_skips(skipped, len(questions) + len(skipped or []))
     if config.temperature == 0:
         reports = check_greedy(target, runs, questions, config)
         for name, report in reports.items():

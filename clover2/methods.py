@@ -8,8 +8,7 @@ which method produced a record. A speculative method is the engine plus a drafte
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import functools
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -93,7 +92,7 @@ def check_head_options(method: str, options: dict, vocab_size: int | None = None
             raise Clover2Error(f"{method} head: {error}") from None
 
 
-@functools.cache
+@cache
 def _stand_in_target(vocab_size: int) -> PreTrainedModel:
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip

@@ -186,7 +186,13 @@ def _interpreter() -> str:
 
 
 def _bwrap_command(sample: Path) -> list[str]:
-    """bwrap's arguments up to the command: namespaces, identity, and the private root's mounts."""
+    """bwrap's arguments up to the command: namespaces, identity, the private root, and `sample` in it."""
+    return [_bwrap(), *_private_root(), "--ro-bind", str(sample), f"{SCRATCH}/sample.py", "--chdir", SCRATCH]
+
+
+@functools.cache
+def _private_root() -> tuple[str, ...]:
+    """The namespaces, the identity and the mounts every sample gets: this machine's, found once."""
     if os.geteuid() == 0:
         # No user namespace: the bootstrap becomes the real nobody, whose process cap the kernel enforces.
         identity = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
@@ -202,10 +208,8 @@ def _bwrap_command(sample: Path) -> list[str]:
     for site in _site_directories():
         mounts += ["--perms", "0555", "--tmpfs", site]
     mounts += ["--size", str(SCRATCH_BYTES), "--perms", "0777", "--tmpfs", SCRATCH,
-               "--ro-bind", str(sample), f"{SCRATCH}/sample.py", "--chdir", SCRATCH,
                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # fmt: skip
-    return [_bwrap(), "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-            *identity, *mounts]  # fmt: skip
+    return ("--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", *identity, *mounts)
 
 
 def _top_level_links() -> list[str]:

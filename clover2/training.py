@@ -73,7 +73,6 @@ class TrainConfig:
         return config
 
 
-
 def _batches(examples: list[Example], size: int, seed: int, epoch: int) -> list[list[Example]]:
     order = list(range(len(examples)))
     random.Random(seed * 1000 + epoch).shuffle(order)

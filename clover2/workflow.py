@@ -1,6 +1,7 @@
-"""What the Snakefile asks of the library: registry checks on a config, the final artefacts, and the
+"""What the Snakefile asks of the library: checks on a config, the final artefacts, and the
 command-line flags each rule passes. The schema (workflow/schemas/config.schema.yaml) checks types
-and counts; this module checks names against the registries, which the schema cannot know.
+and counts; this module checks names against the registries and values through the validators the
+jobs run, which the schema cannot know.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from clover2.methods import METHODS, check_head_options
 from clover2.targets import EMBEDDED
 from clover2.tasks import task_names
 from clover2.training import SettingError, TrainConfig
-from clover2.tree import STATIC_TREES
 
 
 def check_schema(config: dict, schema: str | Path) -> None:
@@ -32,7 +32,8 @@ def check_schema(config: dict, schema: str | Path) -> None:
 
 
 def check_config(config: dict) -> None:
-    """Fail before any job starts, naming the config key, when a method, head or task is unknown."""
+    """Fail before any job starts, naming the config key, when a method, head or task is unknown or a
+    value is one its job would refuse."""
     known_methods = [*METHODS, *head_methods()]
     if config["baseline"] not in METHODS:
         raise Clover2Error(f"config key 'baseline': {config['baseline']!r} is not a method without a head ({', '.join(METHODS)})")
@@ -61,7 +62,7 @@ def check_config(config: dict) -> None:
         _check_sweep(config["sweep"], config["methods"])
     _check_drafting_values(config, vocab_size)
     if config.get("ablation"):
-        _check_ablation(config["ablation"], config)
+        _check_ablation(config["ablation"], config, vocab_size)
 
 
 def target_vocab_size(config: dict) -> int | None:
@@ -74,12 +75,17 @@ def target_vocab_size(config: dict) -> int | None:
     return EMBEDDED[source].vocab_size if source in EMBEDDED else None
 
 
-def _check_training(config: dict, head: str) -> None:
-    """The training loop's own checks on `head`'s settings, and a teacher pass large enough for them."""
+def _train_settings(config: dict, head: str) -> dict:
+    """`head`'s training settings but its options: the shared `training` ones overridden by `heads.<head>`."""
     settings = {**config["training"], **(config["heads"][head] or {})}
     settings.pop("options", None)
+    return settings
+
+
+def _check_training(config: dict, head: str) -> None:
+    """The training loop's own checks on `head`'s settings, and a teacher pass large enough for them."""
     try:
-        resolved = TrainConfig(method=head, **settings).resolved()
+        resolved = TrainConfig(method=head, **_train_settings(config, head)).resolved()
     except SettingError as error:
         where = f"heads.{head}" if error.setting in (config["heads"][head] or {}) else "training"
         raise Clover2Error(f"config key '{where}.{error.setting}': {error.message}") from None
@@ -112,16 +118,23 @@ def _fails(method: str, options: dict, vocab_size: int | None) -> bool:
 
 def head_options(config: dict, head: str, changes: dict | None = None) -> dict:
     """The options `head` trains with: `training.options`, then `heads.<head>.options`, then `changes`."""
-    own = (config["heads"][head] or {}).get("options") or {}
-    return {**(config["training"].get("options") or {}), **own, **(changes or {})}
+    return {**(config["training"].get("options") or {}), **_own_options(config, head), **(changes or {})}
+
+
+def _own_options(config: dict, head: str) -> dict:
+    return (config["heads"][head] or {}).get("options") or {}
 
 
 def _option_key(config: dict, head: str, option: str | None) -> str:
     """Where a head's option comes from: `heads.<head>.options.<option>` or `training.options.<option>`."""
-    own = (config["heads"][head] or {}).get("options") or {}
     if option is None:
         return f"heads.{head}.options"
-    return f"heads.{head}.options.{option}" if option in own else f"training.options.{option}"
+    return f"heads.{head}.options.{option}" if option in _own_options(config, head) else f"training.options.{option}"
+
+
+def _under(key: str):
+    """`key_of` for options set under `key`: `key.<option>`, or `key` itself when no option alone fails."""
+    return lambda option: f"{key}.{option}" if option else key
 
 
 def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
@@ -134,11 +147,10 @@ def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
         trained = head_options(config, head)
         own = trained if head == method else head_class(method).options_from(head, trained)
         drafting = drafting_options(config, method)
-        _check_options(lambda option, m=method: f"methods.{m}.drafting" + (f".{option}" if option else ""),
-                       method, own | drafting, vocab_size, drafting)  # fmt: skip
+        _check_options(_under(f"methods.{method}.drafting"), method, own | drafting, vocab_size, drafting)
         for option, values in (sweep.get(method) or {}).items():
             for value in values:
-                _check_options(lambda _, m=method, o=option: f"sweep.methods.{m}.{o}", method,
+                _check_options(lambda _, key=f"sweep.methods.{method}.{option}": key, method,
                                own | drafting | {option: value}, vocab_size, {option: value})  # fmt: skip
 
 
@@ -158,19 +170,16 @@ def _check_head(method: str, head: str | None, heads: dict) -> None:
 
 def _check_drafting(key: str, method: str, options: dict) -> None:
     """Drafting options (option -> value, or a sweep's list of values) change a trained head's tree when
-    decoding: a method without a head has none, and a static tree must be a known one."""
+    decoding: a method without a head has none. Their values are checked on the head itself
+    (`_check_drafting_values`)."""
     if not options:
         return
     if method in METHODS:
         raise Clover2Error(f"config key '{key}': {method} drafts without a trained head, so it has no drafting options")
     allowed = head_class(method).drafting_options
-    for option, values in options.items():
+    for option in options:
         if option not in allowed:
             raise Clover2Error(f"config key '{key}.{option}': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
-        values = values if isinstance(values, list) else [values]
-        unknown = [value for value in values if value not in STATIC_TREES] if option == "tree" else []
-        if unknown:
-            raise Clover2Error(f"config key '{key}.tree': unknown static tree {unknown[0]!r}; known: {', '.join(sorted(STATIC_TREES))}")
 
 
 def _check_sweep(sweep: dict, methods: dict) -> None:
@@ -181,7 +190,7 @@ def _check_sweep(sweep: dict, methods: dict) -> None:
         _check_drafting(key, method, options)
 
 
-def _check_ablation(ablation: dict, config: dict) -> None:
+def _check_ablation(ablation: dict, config: dict, vocab_size: int | None) -> None:
     """The ablated method trains as `heads.<method>` does and drafts as `methods.<method>` does; every
     variant's options are options of that head."""
     method = ablation["method"]
@@ -192,9 +201,7 @@ def _check_ablation(ablation: dict, config: dict) -> None:
     for variant, options in ablation["variants"].items():
         if variant == method:
             raise Clover2Error(f"config key 'ablation.variants.{variant}': the full {method} is benched already; name variants by their change")
-        key = f"ablation.variants.{variant}"
-        _check_options(lambda option, k=key: k + (f".{option}" if option else ""), method,
-                       head_options(config, method, options), target_vocab_size(config), options)  # fmt: skip
+        _check_options(_under(f"ablation.variants.{variant}"), method, head_options(config, method, options), vocab_size, options)
 
 
 def ablation_variants(config: dict) -> dict[str, dict]:
@@ -241,9 +248,8 @@ def temperature_label(value: float) -> str:
 def train_flags(config: dict, head: str, changes: dict | None = None) -> str:
     """`clover2 train` flags: the shared `training` settings overridden by `heads.<head>` (head options key
     by key), and then by `changes` (an ablation variant's options)."""
-    settings = {**config["training"], **(config["heads"][head] or {})}
-    settings.pop("options", None)
-    return " ".join([_flags(settings), *(f"--option {key}={value}" for key, value in head_options(config, head, changes).items())])
+    options = head_options(config, head, changes)
+    return " ".join([_flags(_train_settings(config, head)), *(f"--option {key}={value}" for key, value in options.items())])
 
 
 def job_resources(config: dict, processes: int = 1) -> dict[str, int]:
