@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import min_version, validate
 
 from clover2 import workflow as wf
-from clover2.tasks import anchor_mirror
+from clover2.sources import anchor_mirror
 
 min_version("9.0")
 

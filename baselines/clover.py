@@ -27,11 +27,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from baselines.medusa import ResBlock, check_heads, hard_label_loss, scored_positions, tree_for_heads
-from clover2.drafter import TargetStates, grow_static_tree
+from baselines.medusa import hard_label_loss, scored_positions, tree_for_heads
+from clover2.engine.drafter import TargetStates, grow_static_tree
+from clover2.engine.tree import DraftTree
 from clover2.errors import Clover2Error
-from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
-from clover2.tree import DraftTree
+from clover2.heads.blocks import ResBlock, check_heads
+from clover2.heads.protocol import (
+    DraftHead,
+    HeadLoss,
+    TrainBatch,
+    decoder_layer,
+    register,
+    run_layers,
+)
 
 QK_INIT_NOISE = 0.01  # W_Q, W_K = I + U[0, 0.01)
 

@@ -26,14 +26,29 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.drafter import TargetStates, grow_static_tree
-from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, decoder_layer, register, run_layers
-from clover2.losses import smooth_l1, soft_cross_entropy, topk_hits
-from clover2.tree import DraftTree, grow_dynamic_tree, official_eagle2_settings, static_tree
+from clover2.engine.drafter import TargetStates, grow_static_tree
+from clover2.engine.tree import DraftTree, grow_dynamic_tree, static_tree
+from clover2.heads.losses import smooth_l1, soft_cross_entropy, topk_hits
+from clover2.heads.protocol import (
+    DraftHead,
+    HeadLoss,
+    TrainBatch,
+    decoder_layer,
+    register,
+    run_layers,
+)
 
 # EAGLE's feature noise: (U(0,1) - 0.5) * NOISE_SCALE * NOISE_LENGTH / L for a sequence of L tokens.
 NOISE_SCALE, NOISE_LENGTH = 0.2, 512
-TRAINING_DEFAULTS = {"regression_weight": 1.0, "ce_weight": 0.1, "noise": True, "draft_vocab": None, "layer_init": "random"}
+
+
+def _training_options(
+    *, regression_weight: float = 1.0, ce_weight: float = 0.1, noise: bool = True, draft_vocab: int | None = None,
+    layer_init: str = "random",
+) -> dict:
+    """EAGLE's and EAGLE-2's options besides the tree's, declared once: every one the head ran with lands in head.json."""
+    return {"regression_weight": regression_weight, "ce_weight": ce_weight, "noise": noise, "draft_vocab": draft_vocab,
+            "layer_init": layer_init}
 
 
 @register
@@ -42,16 +57,16 @@ class EagleHead(DraftHead):
 
     method = "eagle"
     optimiser: ClassVar[dict] = {"lr": 3e-5, "betas": (0.9, 0.95), "warmup_steps": 2000, "schedule": "linear"}  # EAGLE-2's too
-    defaults: ClassVar[dict] = TRAINING_DEFAULTS | {"tree": "eagle_mc_sim_7b_63"}
     shares_weights_with: ClassVar[frozenset[str]] = frozenset({"eagle", "eagle2"})
 
-    @classmethod
-    def options_from(cls, method: str, options: dict) -> dict:
-        # The loss settings carry over; the tree settings are each method's own.
-        return {key: value for key, value in options.items() if key in cls.defaults}
+    def __init__(
+        self, target: PreTrainedModel, *, tree: str = "eagle_mc_sim_7b_63", vocab_ids: torch.Tensor | None = None, **training
+    ) -> None:
+        """`training`: the options of `_training_options`."""
+        super().__init__(target, vocab_ids, tree=tree, **_training_options(**training))
+        self._build(target)
 
-    def __init__(self, target: PreTrainedModel, vocab_ids: torch.Tensor | None = None, **options) -> None:
-        super().__init__(target, vocab_ids, **_resolved_options(self.method, self.defaults, options))
+    def _build(self, target: PreTrainedModel) -> None:
         weight = target.get_output_embeddings().weight
         self.fc = nn.Linear(2 * self.hidden_size, self.hidden_size, bias=True, device=weight.device, dtype=weight.dtype)
         self.layer = _draft_layer(target, self.options["layer_init"])
@@ -110,23 +125,20 @@ class Eagle2Head(EagleHead):
     """EAGLE-2: the same head and loss, drafting a dynamic tree."""
 
     method = "eagle2"
-    # The EAGLE-2 paper's total_token 60, depth 5, top_k 10, as its code counts them (tree.official_eagle2_settings).
-    defaults: ClassVar[dict] = TRAINING_DEFAULTS | official_eagle2_settings(depth=5, top_k=10, total_token=60)
     drafting_options: ClassVar[frozenset[str]] = frozenset({"depth", "top_k", "total_tokens"})
+
+    def __init__(
+        self, target: PreTrainedModel, *, depth: int = 6, top_k: int = 10, total_tokens: int = 59,
+        vocab_ids: torch.Tensor | None = None, **training,
+    ) -> None:
+        """The EAGLE-2 paper's total_token 60, depth 5, top_k 10 as its code counts them
+        (tree.official_eagle2_settings); `training`: the options of `_training_options`."""
+        tree = {"depth": depth, "top_k": top_k, "total_tokens": total_tokens}
+        DraftHead.__init__(self, target, vocab_ids, **tree, **_training_options(**training))
+        self._build(target)
 
     def drafter(self) -> FeatureDrafter:
         return Eagle2Drafter(self)
-
-
-def _resolved_options(method: str, defaults: dict, options: dict) -> dict:
-    """The defaults overridden by `options`, so head.json records every setting the head ran with.
-
-    An unknown option is a TypeError, as for any unexpected keyword: load_head reports it naming head.json.
-    """
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise TypeError(f"{method} head: unknown option {unknown[0]!r}; known: {', '.join(sorted(defaults))}")
-    return defaults | options
 
 
 def _draft_layer(target: PreTrainedModel, init: str) -> nn.Module:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from clover2.decoding import DecodeConfig, Stopwatch, TurnRecord, token_budget
+from clover2.engine.decoding import DecodeConfig, Stopwatch, TurnRecord, token_budget
 
 PROMPT_LOOKUP_TOKENS = 10  # transformers' default candidate length for prompt lookup
 

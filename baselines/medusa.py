@@ -16,29 +16,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from clover2.draft_vocab import DraftVocab
-from clover2.drafter import TargetStates, grow_static_tree
+from clover2.engine.drafter import TargetStates, grow_static_tree
+from clover2.engine.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
 from clover2.errors import Clover2Error
-from clover2.head_protocol import DraftHead, HeadLoss, TrainBatch, register
-from clover2.losses import cross_entropy, topk_hits
-from clover2.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
-
-
-class ResBlock(nn.Module):
-    """x + SiLU(W x + b) with W = 0 and b = 0 at init, so a fresh block is the identity."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(size, size)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.silu(self.linear(x))
+from clover2.heads.blocks import ResBlock, check_heads
+from clover2.heads.draft_vocab import DraftVocab
+from clover2.heads.losses import cross_entropy, topk_hits
+from clover2.heads.protocol import DraftHead, HeadLoss, TrainBatch, register
 
 
 def tree_for_heads(name: str, heads: int) -> TreeShape:
@@ -47,11 +34,6 @@ def tree_for_heads(name: str, heads: int) -> TreeShape:
     if shape.max_depth <= heads:
         return shape
     return TreeShape.from_paths([path for path in STATIC_TREES[name] if len(path) <= heads])
-
-
-def check_heads(method: str, heads: int) -> None:
-    if not isinstance(heads, int) or heads < 1:
-        raise Clover2Error(f"{method} option heads: expected an integer >= 1, got {heads!r}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from clover2.drafter import TargetStates
-from clover2.tree import DraftTree, TreeShape
+from clover2.engine.drafter import TargetStates
+from clover2.engine.tree import DraftTree, TreeShape
 
 
 class PromptLookupDrafter:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clover2.metrics import read_bench, summary
+from clover2.reporting.metrics import read_bench, summary
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="a head option KEY=VALUE for every variant")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--train-flags", default="--conversations 600 --heldout 16 --max-length 256 --batch-size 2 "
-                        "--lr 1e-3 --warmup-steps 20 --schedule constant_with_warmup --eval-every 50")  # fmt: skip
+                        "--lr 1e-3 --warmup-steps 20 --schedule constant_with_warmup --eval-every 50")
     parser.add_argument("--tasks", nargs="+", default=["mt_bench", "qa", "summarization", "humaneval", "gsm8k"])
     parser.add_argument("--questions", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace, label: str, cache: str, options: list[str])
     if not out.is_dir():
         flags = [f"--option={option}" for option in options]
         _run(["clover2", "train", "--target", args.target, "--method", args.method, "--out", str(out), "--teacher-cache", cache,
-              "--minutes", str(args.minutes), "--threads", str(args.threads), *args.train_flags.split(), *flags])  # fmt: skip
+              "--minutes", str(args.minutes), "--threads", str(args.threads), *args.train_flags.split(), *flags])
     return out
 
 
@@ -64,7 +64,7 @@ def _bench(args: argparse.Namespace, label: str, head: Path, task: str) -> Path:
     if not out.is_file():
         _run(["clover2", "bench", "--target", args.target, "--method", args.method, "--head", f"{args.method}={head}",
               "--task", task, "--limit", str(args.questions), "--max-new-tokens", str(args.max_new_tokens),
-              "--temperature", "0", "--baseline", "vanilla", "--warmup", "1", "--threads", str(args.threads), "--out", str(out)])  # fmt: skip
+              "--temperature", "0", "--baseline", "vanilla", "--warmup", "1", "--threads", str(args.threads), "--out", str(out)])
     return out
 
 

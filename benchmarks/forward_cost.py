@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from clover2.decoding import verify_forward
+from clover2.engine.decoding import verify_forward
+from clover2.engine.tree import DraftTree, TreeShape
 from clover2.targets import DTYPES, load_target
-from clover2.tree import DraftTree, TreeShape
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             cost = _median_ms(model, args.prefix, args.tokens, args.repeats)
             rows.append({"dtype": dtype, "threads": threads,
-                         **{f"n = {n}": f"{ms:.1f} ({ms / cost[args.tokens[0]]:.2f}×)" for n, ms in cost.items()}})  # fmt: skip
+                         **{f"n = {n}": f"{ms:.1f} ({ms / cost[args.tokens[0]]:.2f}×)" for n, ms in cost.items()}})
             print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_markdown(index=False))
 
@@ -54,7 +54,7 @@ def _median_ms(model, prefix: int, sizes: list[int], repeats: int) -> dict[int, 
     cache = DynamicCache(config=model.config)
     model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
     trees = {n: DraftTree(torch.randint(100, model.config.vocab_size, (n,), generator=generator), TreeShape.chain(n - 1), torch.zeros(n))
-             for n in sizes}  # fmt: skip
+             for n in sizes}
     times: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(repeats + 1):  # the first round warms up
         for n, tree in trees.items():

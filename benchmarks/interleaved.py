@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from clover2.chat import prompt_ids
-from clover2.decoding import PHASES, DecodeConfig
+from clover2.engine.decoding import PHASES, DecodeConfig
 from clover2.methods import method_factory
 from clover2.targets import DTYPES, load_target
 from clover2.tasks import load_questions

@@ -19,14 +19,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from clover2.cli import _options
-from clover2.draft_vocab import frequent_tokens
-from clover2.head_protocol import head_class
-from clover2.sharegpt import SHAREGPT_FILE, Example, collate
-from clover2.target_answers import first_user_turns, target_answers
+from clover2.heads.draft_vocab import frequent_tokens
+from clover2.heads.protocol import head_class
+from clover2.options import key_values
+from clover2.sources import data_file
 from clover2.targets import load_target
-from clover2.tasks import data_file
-from clover2.teacher import pad_id, teacher_batch
+from clover2.training.sharegpt import SHAREGPT_FILE, Example, collate
+from clover2.training.target_answers import first_user_turns, target_answers
+from clover2.training.teacher import pad_id, teacher_batch
 
 LAYERED = {"clover2", "clover", "eagle"}  # heads with decoder layers, so with a layer initialisation
 
@@ -49,7 +49,7 @@ def main() -> None:
     target = load_target(args.target)
     examples = target_answers(target, first_user_turns(data_file(SHAREGPT_FILE), args.conversations), args.max_new_tokens, 512)
     batches = [_teacher(target, examples[i : i + args.batch_size]) for i in range(0, len(examples), args.batch_size)]
-    options = _options(args.option)
+    options = key_values(args.option)
     rows = []
     for method in args.methods:
         for init in args.inits if method in LAYERED else ["none"]:

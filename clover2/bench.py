@@ -13,10 +13,11 @@ from tqdm import tqdm
 
 from clover2.atomic import complete_json_lines
 from clover2.chat import prompt_ids
-from clover2.decoding import DecodeConfig, TurnRecord, turn_generator
+from clover2.engine.decoding import DecodeConfig, TurnRecord, turn_generator
+from clover2.engine.target import Target
 from clover2.errors import Clover2Error
 from clover2.methods import DecodeTurn
-from clover2.targets import Target
+from clover2.records import bench_row
 from clover2.tasks import Question
 
 WARMUP_TOKENS = 8  # warm-up only has to run every code path once (several draft-verify steps), not answer
@@ -40,7 +41,7 @@ def turn_prompt(target: Target, question: Question, turn: int, answers: Sequence
     limit, which = min((config.max_length, "--max-length"), (context, "the model's context"))
     if len(ids) >= limit:
         raise LongPrompt(f"{question.task} question {question.question_id} turn {turn + 1}: its prompt has {len(ids)} "
-                         f"tokens, leaving no room for an answer under {which} ({limit})")  # fmt: skip
+                         f"tokens, leaving no room for an answer under {which} ({limit})")
     return ids
 
 
@@ -109,19 +110,15 @@ def run(
     for index, question in enumerate(tqdm(questions, desc=f"{len(runs)} runs on {tasks}", unit="q")):
         shift = index % len(runs)
         try:
-            rows = [_row(question, name, decode_question(target, run_decode, question, config), provenance)
-                    for name, run_decode in [*runs[shift:], *runs[:shift]] if (question.question_id, name) not in done]  # fmt: skip
+            rows = [bench_row(question.task, question.question_id, question.category, name,
+                              decode_question(target, run_decode, question, config), provenance)
+                    for name, run_decode in [*runs[shift:], *runs[:shift]] if (question.question_id, name) not in done]
         except LongPrompt as error:
             if skipped is None:
                 raise
             skipped.append(str(error))
             continue
         yield from rows
-
-
-def _row(question: Question, method: str, turns: list[dict], provenance: dict) -> dict:
-    return {"task": question.task, "question_id": question.question_id, "category": question.category,
-            "method": method, "turns": turns, "provenance": provenance}  # fmt: skip
 
 
 def partial_path(path: Path) -> Path:

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from clover2.decoding import keep_path, verify_forward
-from clover2.kernels import visible_keys
-from clover2.kernels.attention import NAME
-from clover2.kernels.triton_ops import tree_attention_triton
-from clover2.targets import Target
-from clover2.tree import DraftTree, TreeShape, random_tree, static_tree
-from clover2.verify import accept_greedy
+from clover2.engine.decoding import keep_path, verify_forward
+from clover2.engine.kernels import visible_keys
+from clover2.engine.kernels.attention import NAME
+from clover2.engine.kernels.triton_ops import tree_attention_triton
+from clover2.engine.target import Target
+from clover2.engine.tree import DraftTree, TreeShape, random_tree, static_tree
+from clover2.engine.verify import accept_greedy
 
 # (query heads, KV heads, head dim)
 SHAPES = {"smollm2": (9, 3, 64), "7b": (32, 32, 128)}
@@ -122,4 +122,4 @@ def _with_ratios(times: dict[str, float]) -> dict:
     """ms per implementation, and each other implementation's time over the kernel's (> 1: kernel faster)."""
     kernel = times[NAME]
     return {**{f"{name}_ms": round(ms, 4) for name, ms in times.items()},
-            **{f"{name}_over_kernel": round(ms / kernel, 3) for name, ms in times.items() if name != NAME}}  # fmt: skip
+            **{f"{name}_over_kernel": round(ms / kernel, 3) for name, ms in times.items() if name != NAME}}

@@ -11,9 +11,9 @@ from scipy.stats import chi2_contingency
 from tqdm import tqdm
 
 from clover2.bench import answer_text, turn_prompt
-from clover2.decoding import DecodeConfig, TurnRecord, generate, turn_generator
+from clover2.engine.decoding import DecodeConfig, TurnRecord, generate, turn_generator
+from clover2.engine.target import Target
 from clover2.methods import DecodeTurn
-from clover2.targets import Target
 from clover2.tasks import Question
 
 CONTEXT_TOKENS = 12  # tokens of each continuation shown after the first difference
@@ -112,7 +112,7 @@ def _divergence(target: Target, question_id: str, turn: int, plain: TurnRecord, 
     (plain_own, plain_ids, plain_values), (method_own, method_ids, method_values) = plain.top_logits[position], method.top_logits[position]
     return Divergence(question_id, turn, position, *shown, _preference(plain_own, b, plain_ids, plain_values),
                       _preference(method_own, a, method_ids, method_values), method_own >= method_values[0],
-                      near_tie_tolerance(dtype, plain_values[0]))  # fmt: skip
+                      near_tie_tolerance(dtype, plain_values[0]))
 
 
 def _preference(own: float, other: int, ids: list[int], values: list[float]) -> float | None:

@@ -1,6 +1,6 @@
 """The registry of decoding methods: name -> a factory that, given the target, decodes one turn.
 
-Every method has the signature of `clover2.decoding.generate` once built and returns a
+Every method has the signature of `clover2.engine.decoding.generate` once built and returns a
 `TurnRecord`, so the benchmark runner, the losslessness checker and the metrics never need to know
 which method produced a record. A speculative method is the engine plus a drafter.
 """
@@ -16,13 +16,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from baselines.hf_generate import PROMPT_LOOKUP_TOKENS, hf_generate
 from baselines.prompt_lookup import PromptLookupDrafter
-from clover2.decoding import DecodeConfig, TurnRecord, generate
-from clover2.draft_vocab import frequent_tokens
-from clover2.drafter import Drafter
+from clover2.engine.decoding import DecodeConfig, TurnRecord, generate
+from clover2.engine.drafter import Drafter
+from clover2.engine.self_draft import SelfDrafter
+from clover2.engine.tree import TreeShape, static_tree
 from clover2.errors import Clover2Error
-from clover2.head_protocol import head_class, head_methods, load_head
-from clover2.self_draft import SelfDrafter
-from clover2.tree import TreeShape, static_tree
+from clover2.heads.directory import load_head
+from clover2.heads.draft_vocab import frequent_tokens
+from clover2.heads.protocol import head_class, head_methods
 
 DecodeTurn = Callable[[PreTrainedModel, Sequence[int], DecodeConfig, Sequence[int], torch.Generator | None], TurnRecord]
 MethodFactory = Callable[[PreTrainedModel], DecodeTurn]
@@ -59,16 +60,32 @@ def _trained(method: str, head_dir: Path, drafting: dict) -> MethodFactory:
     return make
 
 
-def method_factory(name: str, head_dir: Path | None = None, drafting: dict | None = None) -> MethodFactory:
+def _untrained(method: str) -> MethodFactory:
+    """A method that drafts with a freshly built (seeded, untrained) head: what a step costs, not what it accepts."""
+
+    def make(model: PreTrainedModel) -> DecodeTurn:
+        torch.manual_seed(0)
+        head = head_class(method)(model)
+        return partial(generate, drafter=head.eval().to(model.device, model.dtype).drafter())
+
+    return make
+
+
+def method_factory(
+    name: str, head_dir: Path | None = None, drafting: dict | None = None, *, untrained: bool = False
+) -> MethodFactory:
     """The factory of a registered method, or of a trained head's method when `name` is a head method.
 
-    `drafting` overrides a trained head's drafting options (its tree), e.g. {"total_tokens": 30}.
+    `drafting` overrides a trained head's drafting options (its tree), e.g. {"total_tokens": 30};
+    `untrained` builds a head method's head fresh instead of loading one (the cost model's).
     """
     if name in METHODS:
         if drafting:
             raise Clover2Error(f"method {name!r} has no trained head whose drafting options could change")
         return METHODS[name]
     if name in head_methods():
+        if untrained:
+            return _untrained(name)
         if head_dir is None:
             raise Clover2Error(f"method {name!r} drafts with a trained head: pass --head DIR")
         return _trained(name, head_dir, drafting or {})
@@ -95,7 +112,7 @@ def check_head_options(method: str, options: dict, vocab_size: int | None = None
 @cache
 def _stand_in_target(vocab_size: int) -> PreTrainedModel:
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return LlamaForCausalLM(config).eval()

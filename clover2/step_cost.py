@@ -17,11 +17,9 @@ the syncs cost; on a CPU both are the same. Medians over prompts.
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -29,12 +27,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-from clover2.decoding import DecodeConfig, TurnRecord, generate
+from clover2.engine.decoding import DecodeConfig, TurnRecord
+from clover2.engine.kernels import choose_backend
+from clover2.engine.kernels.attention import use_backend_attention
 from clover2.errors import Clover2Error
-from clover2.head_protocol import head_class, head_methods
-from clover2.kernels import ENV
-from clover2.kernels.attention import use_backend_attention
-from clover2.methods import METHODS, DecodeTurn
+from clover2.heads.protocol import head_methods
+from clover2.methods import DecodeTurn, method_factory
 from clover2.targets import DTYPES, load_target
 
 # LlamaConfig fields of each shape: the paper's two targets, the embedded default, and a tiny one for tests.
@@ -47,7 +45,7 @@ SHAPES: dict[str, dict] = {
                       num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False, rope_theta=10000.0),
     "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
-}  # fmt: skip
+}
 # Whose published τ a shape's projection uses: its own paper target, else Vicuna-7B's (the paper's headline).
 PAPER_TARGETS = {"vicuna-7b": "vicuna-7b-v1.5", "llama3-8b": "llama3-8b-instruct"}
 DEFAULT_PAPER_TARGET = "vicuna-7b-v1.5"
@@ -86,17 +84,12 @@ def targets(shapes: Sequence[str], target_dirs: Sequence[Path], device: str, dty
 
 def decoders(model: PreTrainedModel, methods: Sequence[str]) -> dict[str, DecodeTurn]:
     """Each method's turn decoder for `model`: a registered method, or the engine with an untrained head."""
-    built = {}
-    for method in methods:
-        if method in METHODS:
-            built[method] = METHODS[method](model)
-        elif method in head_methods():
-            torch.manual_seed(0)
-            head = head_class(method)(model).eval().to(model.device, model.dtype)
-            built[method] = partial(generate, drafter=head.drafter())
-        else:
-            raise Clover2Error(f"step-cost: unknown method {method!r}")
-    return built
+    return {method: method_factory(method, untrained=True)(model) for method in methods}
+
+
+def default_methods() -> list[str]:
+    """Plain decoding, transformers' `generate` and every registered head method."""
+    return [*PLAIN_METHODS, *head_methods()]
 
 
 def prompts(vocab_size: int, settings: Settings) -> list[list[int]]:
@@ -106,8 +99,8 @@ def prompts(vocab_size: int, settings: Settings) -> list[list[int]]:
 
 
 def set_backend(model: PreTrainedModel, backend: str) -> None:
-    """Verification kernels for the next decodes: the environment switch plus the model's attention."""
-    os.environ[ENV] = backend
+    """Verification kernels for the next decodes: the engine's choice plus the model's attention."""
+    choose_backend(backend)
     use_backend_attention(model)
 
 
@@ -166,7 +159,7 @@ def _row(target: str, method: str, backend: str, pairs: list[tuple[TurnRecord, T
     return {"target": target, "method": method, "kernels": backend, "tree_size": statistics.mean(sizes) if sizes else 0.0,
             "tau": tokens / steps, "ms_per_step": statistics.median(turn), "ms_per_step_synced": statistics.median(synced),
             **{f"{phase}_ms": ms for phase, ms in split.items()},
-            "prefill_ms": statistics.median(1000 * p.seconds["prefill"] for _, p in pairs)}  # fmt: skip
+            "prefill_ms": statistics.median(1000 * p.seconds["prefill"] for _, p in pairs)}
 
 
 def _per_step(record: TurnRecord, seconds: float) -> float:
@@ -206,7 +199,7 @@ def run_step_cost(
     shapes: Sequence[str], target_dirs: Sequence[Path], methods: Sequence[str], backends: Sequence[str],
     device: str, dtype: str, settings: Settings, published: Path | None,
     on_target: Callable[[list[dict]], None] = lambda rows: None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Every target's rows; `on_target` sees the rows so far after each target (to save partial results)."""
     rows: list[dict] = []
     for name, model in targets(shapes, target_dirs, device, dtype):

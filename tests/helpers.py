@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from clover2.decoding import DecodeConfig, generate
-from clover2.drafter import TargetStates
+from clover2.engine import kernels
+from clover2.engine.decoding import DecodeConfig, generate
+from clover2.engine.drafter import TargetStates
 from clover2.targets import prepare_target
-from clover2.teacher import teacher_batch
+from clover2.training.teacher import teacher_batch
 
 NO_STOP = [511]  # a token the tiny models never emit in these tests: only the budget ends a turn
 
@@ -83,7 +84,7 @@ def prepare_tiny_target(smollm2_dir: Path, root: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     LlamaForCausalLM(config).save_pretrained(root / "source")
     tokenizer.save_pretrained(root / "source")
     return prepare_target(str(root / "source"), root / "target")
@@ -96,3 +97,9 @@ def write_sharegpt(path: Path, conversations: list[tuple[str, str]]) -> Path:
             turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
             handle.write(json.dumps({"id": str(number), "conversations": turns}) + "\n")
     return path
+
+
+def use_kernels(monkeypatch, choice: str) -> None:
+    """Choose the kernel backend for one test; the previous choice comes back at teardown."""
+    monkeypatch.setattr(kernels, "_choice", kernels.chosen_backend())
+    kernels.choose_backend(choice)

@@ -8,7 +8,8 @@ what a preemption leaves.
 import os
 import sys
 
-from clover2 import cli, training
+from clover2 import cli
+from clover2.training import loop as training
 
 STOP_AFTER = int(os.environ["CLOVER2_TEST_STOP_AFTER"])
 checkpoint = training._checkpoint

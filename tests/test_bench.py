@@ -9,7 +9,7 @@ import pytest
 from baselines.prompt_lookup import PromptLookupDrafter
 from clover2 import bench
 from clover2.cli import main
-from clover2.decoding import DecodeConfig, generate
+from clover2.engine.decoding import DecodeConfig, generate
 from clover2.targets import load_target
 from clover2.tasks import load_questions
 
@@ -35,7 +35,7 @@ def test_each_question_is_decoded_once_per_method_in_rotating_order(smollm2, run
     order = [(row["question_id"], row["method"]) for row in rows]
     ids = [q.question_id for q in load_questions("qa", limit=3)]
     assert order == [(ids[0], "vanilla"), (ids[0], "prompt-lookup"), (ids[1], "prompt-lookup"),
-                     (ids[1], "vanilla"), (ids[2], "vanilla"), (ids[2], "prompt-lookup")]  # fmt: skip
+                     (ids[1], "vanilla"), (ids[2], "vanilla"), (ids[2], "prompt-lookup")]
 
 
 class Interrupted(Exception):
@@ -70,7 +70,7 @@ def test_a_prompt_that_leaves_no_room_is_an_error_naming_the_question(smollm2):
     questions = load_questions("qa", limit=2)
     tight = DecodeConfig(max_new_tokens=4, max_length=10)
     with pytest.raises(bench.LongPrompt, match=rf"qa question {questions[0].question_id} turn 1: its prompt has \d+ tokens, "
-                                               r"leaving no room for an answer under --max-length \(10\)"):  # fmt: skip
+                                               r"leaving no room for an answer under --max-length \(10\)"):
         bench.fitting(smollm2, questions, tight, None)
     skipped = []
     assert bench.fitting(smollm2, questions, tight, skipped) == [] and len(skipped) == 2
@@ -90,7 +90,7 @@ def test_a_later_turn_that_outgrows_the_length_drops_its_question_from_every_run
 def test_bench_refuses_or_counts_the_questions_it_cannot_fit(smollm2_dir, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     args = ["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--task", "qa", "--limit", "2", "--max-length", "10",
-            "--max-new-tokens", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
+            "--max-new-tokens", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]
     assert main(args) == 2
     assert "its prompt has" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--skip-long-prompts"]) == 0

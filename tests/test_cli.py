@@ -19,7 +19,7 @@ def mt_bench_rows(smollm2_dir, tmp_path_factory):
     code = main(
         ["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--task", "mt_bench", "--limit", "2",
          "--max-new-tokens", "24", "--warmup", "1", "--threads", "2", "--out", str(out)]
-    )  # fmt: skip
+    )
     assert code == 0
     return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -77,7 +77,7 @@ def test_bench_on_a_directory_that_is_not_a_target(tmp_path):
         [sys.executable, "-m", "clover2.cli", "bench", "--target", str(tmp_path), "--method", "vanilla",
          "--task", "qa", "--out", str(tmp_path / "x.jsonl")],
         capture_output=True, text=True,
-    )  # fmt: skip
+    )
     assert run.returncode == 2
     assert str(tmp_path) in run.stderr and run.stderr.count("\n") == 1
 
@@ -96,7 +96,7 @@ def test_prepare_target_unknown_name_is_a_one_line_error_and_writes_nothing(tmp_
 
 @pytest.mark.parametrize("verb", ["bench", "check-lossless"])
 def test_help_lists_every_method_name_under_method(verb, capsys, monkeypatch):
-    from clover2.head_protocol import head_methods
+    from clover2.heads.protocol import head_methods
     from clover2.methods import METHODS
 
     monkeypatch.setenv("COLUMNS", "2000")  # argparse would wrap inside hyphenated names
@@ -109,19 +109,19 @@ def test_help_lists_every_method_name_under_method(verb, capsys, monkeypatch):
 
 def test_a_head_for_a_method_not_asked_for_is_a_one_line_error(smollm2_dir, tmp_path, capsys):
     code = main(["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--method", "eagle2",
-                 "--head", "clover2=somewhere", "--task", "qa", "--out", str(tmp_path / "x.jsonl")])  # fmt: skip
+                 "--head", "clover2=somewhere", "--task", "qa", "--out", str(tmp_path / "x.jsonl")])
     assert code == 2 and "'clover2' is not one of the --method values" in capsys.readouterr().err
 
 
 def test_a_drafting_option_for_a_method_not_asked_for_is_a_one_line_error(smollm2_dir, tmp_path, capsys):
     code = main(["bench", "--target", str(smollm2_dir), "--method", "vanilla", "--method", "eagle2", "--head", "eagle2=somewhere",
                  "--draft-option", "eagle2:depth=6", "--draft-option", "eagle:tree=chain_3", "--task", "qa",
-                 "--out", str(tmp_path / "x.jsonl")])  # fmt: skip
+                 "--out", str(tmp_path / "x.jsonl")])
     assert code == 2 and "--draft-option eagle:tree=chain_3: 'eagle' is not one of the --method values" in capsys.readouterr().err
 
 
 def test_drafting_options_go_to_their_method_and_bare_ones_to_every_method_with_a_head():
-    from clover2.cli import _drafting
+    from clover2.cli.decode import _drafting
 
     pairs = ["total_tokens=30", "eagle2:depth=6", "clover2:tree=chain_3", "eagle2:total_tokens=8"]
     drafting = _drafting(pairs, ["vanilla", "eagle2", "clover2"], ["eagle2"])
@@ -146,13 +146,14 @@ def _other_shapes(head_dir):
 BAD_HEADS = {
     "a corrupt head.safetensors": (lambda d: (d / "head.safetensors").write_bytes(b"not a safetensors file"), "head.safetensors: cannot read"),
     "weights of other shapes": (_other_shapes, "head.safetensors: weights do not fit"),
-    "a head.json for another hidden size": (lambda d: _edit_json(d / "head.json", hidden_size=64), "head.json: hidden_size is 64, but the target's is 32"),
+    "a head.json for another hidden size": (lambda d: _edit_json(d / "head.json", hidden_size=64),
+                                            "head.json: hidden_size is 64, but the target's is 32"),
     "a head.json for another vocabulary": (lambda d: _edit_json(d / "head.json", vocab_size=1000), "head.json: vocab_size is 1000"),
     "a head of another method": (lambda d: _edit_json(d / "head.json", method="medusa"), "holds a medusa head, not eagle"),
     "an unknown head option": (lambda d: _edit_json(d / "head.json", options__colour="blue"), "head.json: options do not fit"),
     "a head.json that is not JSON": (lambda d: (d / "head.json").write_text("{torn"), "head.json: not a head config"),
     "no head.json": (lambda d: (d / "head.json").unlink(), "head.json: not a head config"),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +165,15 @@ def tiny_target_dir(smollm2_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("case", BAD_HEADS, ids=str)
 def test_a_bad_head_directory_is_a_one_line_error_naming_the_file(case, tiny_target_dir, tmp_path, capsys):
-    from clover2.head_protocol import head_class, save_head
+    from clover2.heads.directory import save_head
+    from clover2.heads.protocol import head_class
 
     target = load_target(tiny_target_dir)
     head_dir = save_head(head_class("eagle")(target.model), tmp_path / "head", target.identity)
     spoil, message = BAD_HEADS[case]
     spoil(head_dir)
     code = main(["bench", "--target", str(tiny_target_dir), "--method", "eagle", "--head", f"eagle={head_dir}", "--task", "qa",
-                 "--limit", "1", "--max-new-tokens", "2", "--warmup", "0", "--out", str(tmp_path / "out.jsonl")])  # fmt: skip
+                 "--limit", "1", "--max-new-tokens", "2", "--warmup", "0", "--out", str(tmp_path / "out.jsonl")])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("clover2: error: ")]  # beside the target's loading bar
     assert code == 2 and len(errors) == 1 and "Traceback" not in err

@@ -4,15 +4,22 @@ import math
 
 import pytest
 import torch
-from helpers import NO_STOP, check_greedy_lossless, check_seeded_sampling, continuation_batch, train_steps
 from transformers import LlamaForCausalLM
 
-from clover2.clover2_head import AttentionDecoder, Clover2Head
-from clover2.decoding import DecodeConfig, generate
+from clover2.engine.decoding import DecodeConfig, generate
 from clover2.errors import Clover2Error
-from clover2.head_protocol import load_head, run_layers, save_head, trainable_state
-from clover2.losses import cross_entropy, smooth_l1, soft_cross_entropy
-from clover2.teacher import teacher_batch
+from clover2.heads.clover2 import AttentionDecoder, Clover2Head
+from clover2.heads.directory import load_head, save_head
+from clover2.heads.losses import cross_entropy, smooth_l1, soft_cross_entropy
+from clover2.heads.protocol import run_layers, trainable_state
+from clover2.training.teacher import teacher_batch
+from helpers import (
+    NO_STOP,
+    check_greedy_lossless,
+    check_seeded_sampling,
+    continuation_batch,
+    train_steps,
+)
 
 PROMPT = [1, 5, 9, 33, 7]
 
@@ -103,7 +110,7 @@ def _head0_by_hand(head: Clover2Head, batch, token_first: bool) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("options", "terms"),
     [({"extraction_order": "state_first"}, "kd"), ({"output_projector": "mlp"}, "kd"),
-     ({"distillation": "kd_no_regression"}, "soft"), ({"distillation": "hard_ce"}, "hard")],  # fmt: skip
+     ({"distillation": "kd_no_regression"}, "soft"), ({"distillation": "hard_ce"}, "hard")],
     ids=["state_first", "mlp", "kd_no_regression", "hard_ce"],
 )
 def test_each_ablation_option_changes_only_its_part_of_the_loss(peaked, options, terms):
@@ -115,14 +122,14 @@ def test_each_ablation_option_changes_only_its_part_of_the_loss(peaked, options,
     out = _head0_by_hand(head, batch, token_first=head.options["extraction_order"] == "token_first")[0, :4]
     soft = soft_cross_entropy(head.logits(out), batch.teacher_logits[0, 1:5])
     expected = {"kd": 10 * smooth_l1(out, batch.h[0, 1:5]) + soft, "soft": soft,
-                "hard": cross_entropy(head.logits(out), ids[0, 2:6])}[terms]  # fmt: skip
+                "hard": cross_entropy(head.logits(out), ids[0, 2:6])}[terms]
     torch.testing.assert_close(head.loss(batch).total, expected)
 
 
 def test_ablation_options_are_checked_by_name(tiny_llama):
     for options, message in (({"extraction_order": "later"}, "extraction_order: expected one of token_first"),
                              ({"output_projector": "linear"}, "output_projector"), ({"distillation": "none"}, "distillation"),
-                             ({"augmenting_layers": -1}, "augmenting_layers: expected an integer >= 0")):  # fmt: skip
+                             ({"augmenting_layers": -1}, "augmenting_layers: expected an integer >= 0")):
         with pytest.raises(Clover2Error, match=message):
             Clover2Head(tiny_llama, **options)
     with pytest.raises(Clover2Error, match="per-head MLPs draft only 2 levels"):
@@ -145,7 +152,7 @@ CLOVER_V1_CHOICES = {"extraction_order": "state_first", "output_projector": "mlp
 @pytest.mark.parametrize(
     "options",
     [{"extraction_order": "state_first"}, {"output_projector": "mlp"}, {"augmenting_layers": 0}, {"augmenting_layers": 1},
-     {"distillation": "kd_no_regression"}, {"distillation": "hard_ce"}, CLOVER_V1_CHOICES],  # fmt: skip
+     {"distillation": "kd_no_regression"}, {"distillation": "hard_ce"}, CLOVER_V1_CHOICES],
     ids=["state_first", "mlp", "ab0", "ab1", "kd_no_regression", "hard_ce", "clover_v1_choices"],
 )
 def test_every_variant_learns_drafts_losslessly_and_round_trips(peaked, options, tmp_path):
@@ -192,7 +199,7 @@ def test_greedy_lossless_on_other_prompts_and_sampling_runs(trained, peaked, pro
     sampled = generate(
         peaked, prompt, DecodeConfig(temperature=1.0, max_new_tokens=40), NO_STOP, torch.Generator().manual_seed(0),
         drafter=head.drafter(),
-    )  # fmt: skip
+    )
     assert sampled.new_tokens == 40 and sum(sampled.accept_lengths) == 40
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import prepare_tiny_target, write_sharegpt
 from safetensors.torch import load_file
 
-from clover2.sharegpt import load_examples
 from clover2.targets import load_target
-from clover2.training import _batches
+from clover2.training.loop import _batches
+from clover2.training.sharegpt import load_examples
+from helpers import prepare_tiny_target, write_sharegpt
 
 TESTS = Path(__file__).resolve().parent
 PER_PROCESS_BATCH, STEPS = 2, 4
@@ -38,13 +38,13 @@ def _train(workspace: Path, out: Path, processes: int, stop_after: int | None = 
     flags = ["--target", str(workspace / "target"), "--data", str(workspace / "chats.jsonl.gz"), "--method", "clover2",
              "--out", str(out), "--conversations", "12", "--heldout", "2", "--max-length", "64",
              "--batch-size", str(4 // processes), "--max-steps", str(STEPS), "--checkpoint-every", "2", "--eval-every", "2",
-             "--warmup-steps", "0", "--schedule", "constant", "--lr", "0.003", "--threads", "1", "--device", "cpu"]  # fmt: skip
+             "--warmup-steps", "0", "--schedule", "constant", "--lr", "0.003", "--threads", "1", "--device", "cpu"]
     program = [str(TESTS / "preempted_train.py")] if stop_after else ["-m", "clover2.cli", "train"]
     if processes == 1:
         command = [sys.executable, *program]
     else:  # accelerate's --multi_gpu is the flag that starts N processes (torchrun); on a CPU they use gloo
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *program]  # fmt: skip
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *program]
     env = {**os.environ, "CLOVER2_TEST_STOP_AFTER": str(stop_after or 0), "OMP_NUM_THREADS": "1"}
     return subprocess.run([*command, *flags], capture_output=True, text=True, env=env, timeout=600)
 

@@ -4,7 +4,7 @@ import pytest
 
 from baselines.hf_generate import hf_generate
 from clover2.chat import prompt_ids
-from clover2.decoding import DecodeConfig, generate, turn_generator
+from clover2.engine.decoding import DecodeConfig, generate, turn_generator
 from clover2.methods import METHODS
 from clover2.targets import load_target
 

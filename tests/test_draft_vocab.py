@@ -6,13 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clover2.decoding import DecodeConfig, generate
-from clover2.draft_vocab import IDS, frequent_tokens
+from clover2.engine.decoding import DecodeConfig, generate
+from clover2.engine.target import Target
 from clover2.errors import Clover2Error
-from clover2.head_protocol import WEIGHTS, head_class, load_head, save_head
+from clover2.heads.directory import WEIGHTS, load_head, save_head
+from clover2.heads.draft_vocab import IDS, frequent_tokens
+from clover2.heads.protocol import head_class
 from clover2.lossless import check_sampling
-from clover2.sharegpt import Example
-from clover2.targets import Target
+from clover2.training.sharegpt import Example
 from tests.helpers import check_greedy_lossless, check_seeded_sampling, prompt_states
 
 TRAINABLE = ["clover2", "clover", "eagle", "medusa"]

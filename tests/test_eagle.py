@@ -5,16 +5,18 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import train_steps
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.eagle import Eagle2Head, EagleHead
-from clover2.decoding import DecodeConfig, generate
-from clover2.drafter import TargetStates
+from clover2.engine.decoding import DecodeConfig, generate
+from clover2.engine.drafter import TargetStates
+from clover2.engine.tree import official_eagle2_settings
 from clover2.errors import Clover2Error
-from clover2.head_protocol import TrainBatch, load_head, save_head, trainable_state
+from clover2.heads.directory import load_head, save_head
+from clover2.heads.protocol import TrainBatch, trainable_state
 from clover2.methods import method_factory
-from clover2.teacher import teacher_batch
+from clover2.training.teacher import teacher_batch
+from helpers import train_steps
 
 NO_STOP = [511]
 PROMPT = [1, 100, 200, 300, 400, 17, 17, 17, 9, 33]
@@ -47,6 +49,10 @@ def _causal(length: int) -> torch.Tensor:
 def _positions(length: int) -> torch.Tensor:
     return torch.arange(length)[None]
 
+TRAINING = {"regression_weight": 1.0, "ce_weight": 0.1, "noise": True, "draft_vocab": None, "layer_init": "random"}
+DEFAULTS = {"eagle": {"tree": "eagle_mc_sim_7b_63", **TRAINING},
+            "eagle2": {**official_eagle2_settings(depth=5, top_k=10, total_token=60), **TRAINING}}
+
 
 @pytest.mark.parametrize("cls", HEADS)
 def test_size_and_initialisation(tiny_llama, cls):
@@ -58,7 +64,7 @@ def test_size_and_initialisation(tiny_llama, cls):
     assert not any("input_layernorm" in name for name in state)
     last = tiny_llama.get_decoder().layers[-1].state_dict()
     assert not torch.equal(head.layer.self_attn.q_proj.weight, last["self_attn.q_proj.weight"])  # random, as EAGLE
-    assert head.options == cls.defaults  # head.json records every setting, defaults included
+    assert head.options == DEFAULTS[cls.method]  # head.json records every setting, defaults included
 
 
 def test_unknown_option_is_an_error(tiny_llama, tmp_path):

@@ -7,11 +7,11 @@ initialisation"; `benchmarks/overfit.py` measures the same on the real target).
 import pytest
 import torch
 
-from clover2.decoding import DecodeConfig, generate
-from clover2.draft_vocab import frequent_tokens
-from clover2.head_protocol import head_class
-from clover2.sharegpt import Example
-from clover2.teacher import teacher_batch
+from clover2.engine.decoding import DecodeConfig, generate
+from clover2.heads.draft_vocab import frequent_tokens
+from clover2.heads.protocol import head_class
+from clover2.training.sharegpt import Example
+from clover2.training.teacher import teacher_batch
 from tests.helpers import NO_STOP
 
 TRAINABLE = ["clover2", "clover", "eagle", "medusa"]

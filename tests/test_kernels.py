@@ -9,12 +9,18 @@ import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
 from clover2.cli import main
-from clover2.decoding import DecodeConfig, generate, verify_forward
+from clover2.engine.decoding import DecodeConfig, generate, verify_forward
+from clover2.engine.kernels import (
+    backend_for,
+    compact_kv,
+    greedy_accept,
+    tree_attention,
+)
+from clover2.engine.kernels.attention import NAME
+from clover2.engine.tree import DraftTree, TreeShape, random_tree, static_tree
 from clover2.errors import Clover2Error
-from clover2.kernels import ENV, backend_for, compact_kv, greedy_accept, tree_attention
-from clover2.kernels.attention import NAME
 from clover2.methods import METHODS
-from clover2.tree import DraftTree, TreeShape, random_tree, static_tree
+from helpers import use_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Max |triton - reference| allowed, against the reference computed in fp32 from the same rounded inputs:
@@ -34,7 +40,7 @@ TREES = {
 
 @pytest.fixture
 def triton_backend(monkeypatch):
-    monkeypatch.setenv(ENV, "triton")
+    use_kernels(monkeypatch, "triton")
 
 
 def _attention_inputs(tree: TreeShape, prefix: int, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype):
@@ -46,9 +52,9 @@ def _attention_inputs(tree: TreeShape, prefix: int, q_heads: int, kv_heads: int,
 def _check_attention(tree: TreeShape, prefix: int, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, monkeypatch) -> None:
     query, key, value = _attention_inputs(tree, prefix, q_heads, kv_heads, head_dim, dtype)
     scale = head_dim**-0.5
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     expected = tree_attention(query.float().cpu(), key.float().cpu(), value.float().cpu(), tree.mask, scale)
-    monkeypatch.setenv(ENV, "triton")
+    use_kernels(monkeypatch, "triton")
     got = tree_attention(query, key, value, tree.mask, scale)
     assert got.dtype == dtype and got.shape == query.shape
     assert (got.float().cpu() - expected).abs().max() <= TOLERANCE[dtype]
@@ -84,9 +90,9 @@ def test_greedy_accept_kernel_matches_reference(tree, monkeypatch):
     shape = TREES[tree]
     for seed in range(12):
         tokens, choice = _drafts(shape, seed)
-        monkeypatch.setenv(ENV, "torch")
+        use_kernels(monkeypatch, "torch")
         expected = greedy_accept(tokens, choice, shape.retrieve)
-        monkeypatch.setenv(ENV, "triton")
+        use_kernels(monkeypatch, "triton")
         assert greedy_accept(tokens.to(DEVICE), choice.to(DEVICE), shape.retrieve.to(DEVICE)) == expected
 
 
@@ -108,10 +114,10 @@ class _Layer:
 def test_kv_compaction_moves_the_path_in_every_layer(dtype, path, monkeypatch):
     prefix, generator = 21, torch.Generator().manual_seed(3)
     originals = [torch.randn(1, 3, prefix + 12, 64, generator=generator).to(dtype) for _ in range(6)]
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     expected = [_Layer(originals[i].clone(), originals[i + 1].clone()) for i in range(0, 6, 2)]
     compact_kv(expected, prefix, path)
-    monkeypatch.setenv(ENV, "triton")
+    use_kernels(monkeypatch, "triton")
     got = [_Layer(originals[i].clone().to(DEVICE), originals[i + 1].clone().to(DEVICE)) for i in range(0, 6, 2)]
     compact_kv(got, prefix, path)
     for want, have in zip(expected, got):
@@ -151,21 +157,20 @@ def test_greedy_decoding_does_not_depend_on_the_backend(tiny_llama, method, monk
     plain = generate(tiny_llama, prompt, config, NO_STOP)  # before the backend is forced: tiny_llama is on the CPU
     records = {}
     for backend, model in (("torch", tiny_llama), ("triton", _tree_llama(tiny_llama, NAME))):
-        monkeypatch.setenv(ENV, backend)
+        use_kernels(monkeypatch, backend)
         records[backend] = METHODS[method](model)(model, prompt, config, NO_STOP, None)
     assert records["triton"].tokens == records["torch"].tokens == plain.tokens
     assert records["triton"].accept_lengths == records["torch"].accept_lengths
 
 
 def test_backend_choice_is_checked(monkeypatch):
-    monkeypatch.setenv(ENV, "cuda-please")
-    with pytest.raises(Clover2Error, match=ENV):
-        backend_for(torch.zeros(1))
-    monkeypatch.setenv(ENV, "triton")
+    with pytest.raises(Clover2Error, match="kernels 'cuda-please': expected one of auto, triton, torch"):
+        use_kernels(monkeypatch, "cuda-please")
+    use_kernels(monkeypatch, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(Clover2Error, match="needs a CUDA device"):
         backend_for(torch.zeros(1))
-    monkeypatch.setenv(ENV, "auto")
+    use_kernels(monkeypatch, "auto")
     assert backend_for(torch.zeros(1)) == "torch"
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import prepare_tiny_target, write_sharegpt
 from safetensors.torch import load_file
 
-from clover2 import training
+from clover2.training import loop as training
+from helpers import prepare_tiny_target, write_sharegpt
 
 KILLS = 4
 CONVERSATIONS = [(f"Count from {n}.", f"{n}, {n + 1}, {n + 2}.") for n in range(20)]
@@ -72,7 +72,7 @@ def test_training_killed_anywhere_ends_with_the_uninterrupted_weights(workspace)
         return _command("train", "--target", str(workspace / "target"), "--data", str(workspace / "chats.jsonl.gz"),
                         "--method", "eagle", "--out", str(out), "--conversations", "16", "--heldout", "2", "--max-length", "64",
                         "--batch-size", "2", "--max-steps", "24", "--checkpoint-every", "1", "--eval-every", "6",
-                        "--warmup-steps", "0", "--schedule", "constant", "--lr", "0.003")  # fmt: skip
+                        "--warmup-steps", "0", "--schedule", "constant", "--lr", "0.003")
 
     whole, killed = workspace / "whole", workspace / "killed"
     span = _run(train(whole), Path(f"{whole}.partial/train_log.jsonl"))
@@ -88,7 +88,7 @@ def test_training_killed_anywhere_ends_with_the_uninterrupted_weights(workspace)
 def test_a_bench_killed_anywhere_ends_with_one_record_per_question_and_method(workspace):
     def bench(out: Path) -> list[str]:
         return _command("bench", "--target", str(workspace / "target"), "--method", "vanilla", "--method", "prompt-lookup",
-                        "--task", "qa", "--limit", "12", "--max-new-tokens", "32", "--warmup", "0", "--out", str(out))  # fmt: skip
+                        "--task", "qa", "--limit", "12", "--max-new-tokens", "32", "--warmup", "0", "--out", str(out))
 
     whole, killed = workspace / "whole.jsonl", workspace / "killed.jsonl"
     span = _run(bench(whole), Path(f"{whole}.partial"))

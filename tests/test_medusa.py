@@ -3,6 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from baselines.medusa import MedusaHead
+from clover2.engine.tree import STATIC_TREES
+from clover2.errors import Clover2Error
+from clover2.heads.directory import load_head, save_head
+from clover2.training.teacher import teacher_batch
 from helpers import (
     check_greedy_lossless,
     check_overfit_then_accepted,
@@ -10,13 +17,6 @@ from helpers import (
     overfitted,
     prompt_states,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from baselines.medusa import MedusaHead
-from clover2.errors import Clover2Error
-from clover2.head_protocol import load_head, save_head
-from clover2.teacher import teacher_batch
-from clover2.tree import STATIC_TREES
 
 PROMPTS = [[1, 100, 200, 300, 400, 17, 17, 17, 9, 33], [1, 5, 9, 33, 7]]
 H, V = 64, 512  # tiny_llama's hidden size and vocabulary

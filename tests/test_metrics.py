@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from clover2.errors import Clover2Error
-from clover2.metrics import (
+from clover2.options import method_option
+from clover2.records import BenchRow, RunSettings, Step
+from clover2.reporting.metrics import (
     bootstrap_ci,
     depth_acceptance,
-    drafting_method,
     read_bench,
     speedup_ratio_of_means,
     summary,
@@ -25,7 +26,7 @@ def _turn(tokens: int, seconds: float, lengths: list[int] | None = None, failed:
     assert sum(lengths) == tokens
     phases = {"prefill": seconds / 4, "draft": seconds / 4, "verify": seconds / 4, "bookkeeping": seconds / 4}
     return {"new_tokens": tokens, "steps": len(lengths), "accept_lengths": lengths, "wall_seconds": seconds,
-            "failed_depths": failed if failed is not None else [None] * (len(lengths) - 1), "seconds": phases, "text": text}  # fmt: skip
+            "failed_depths": failed if failed is not None else [None] * (len(lengths) - 1), "seconds": phases, "text": text}
 
 
 def _row(
@@ -66,7 +67,7 @@ def test_throughput_of_a_question_is_its_tokens_over_its_time(tmp_path):
 
 def test_speedup_is_the_ratio_of_mean_throughputs_and_also_total_over_total(tmp_path):
     rows = [_row("vanilla", "1", [_turn(10, 1.0)]), _row("m", "1", [_turn(30, 1.0)]),
-            _row("vanilla", "2", [_turn(20, 1.0)]), _row("m", "2", [_turn(10, 1.0)])]  # fmt: skip
+            _row("vanilla", "2", [_turn(20, 1.0)]), _row("m", "2", [_turn(10, 1.0)])]
     stats = _stats(tmp_path, rows).set_index("method")
     assert stats.loc["m", "speedup"] == pytest.approx(20 / 15)  # the mean of per-question ratios would be 1.75
     assert stats.loc["m", "speedup_total"] == pytest.approx((40 / 2) / (30 / 2))
@@ -87,7 +88,7 @@ def test_a_method_without_its_baseline_run_is_an_error(tmp_path):
 
 def test_tasks_come_from_each_record_not_from_line_positions(tmp_path):
     rows = [_row(method, str(q), [_turn(q + 2, 1.0)], task=task)
-            for q, task in enumerate(["qa", "rag", "qa", "rag"]) for method in ("vanilla", "m")]  # fmt: skip
+            for q, task in enumerate(["qa", "rag", "qa", "rag"]) for method in ("vanilla", "m")]
     shuffled = rows[:]
     random.Random(0).shuffle(shuffled)
     ordered, mixed = _stats(tmp_path, rows), _stats(tmp_path, shuffled)
@@ -143,7 +144,7 @@ def test_tree_size_curve_pairs_each_drafting_setting_with_its_mean_tree_and_tau(
 
     rows = [_row("eagle2", "1", [turn([1, 2, 2], [10, 10])], drafting=["total_tokens=10"]),
             _row("eagle2", "2", [turn([1, 1, 3, 1], [10, 8, 10])], drafting=["total_tokens=10"]),
-            _row("eagle2", "1", [turn([1, 4], [60])], drafting=["total_tokens=60"])]  # fmt: skip
+            _row("eagle2", "1", [turn([1, 4], [60])], drafting=["total_tokens=60"])]
     curve = tree_size_curve(read_bench([_file(tmp_path / "s.jsonl", rows)])).set_index("drafting")
     assert curve.loc["total_tokens=10", "tree_size"] == pytest.approx(48 / 5)  # pooled over steps, not questions
     assert curve.loc["total_tokens=10", "tau"] == 11 / 7 and curve.loc["total_tokens=60", "tau"] == 2.5
@@ -161,7 +162,7 @@ def test_verify_cost_is_verify_time_per_speculative_step_against_the_tokens_veri
 
     rows = [_row("vanilla", "1", [turn([0, 0, 0, 0], 0.016)]),
             _row("eagle", "1", [turn([5, 5], 0.016), turn([5, 5, 5, 5, 5, 5], 0.032)]),
-            _row("hf-generate", "1", [_turn(3, 1.0)])]  # fmt: skip  (no tree sizes: left out)
+            _row("hf-generate", "1", [_turn(3, 1.0)])]  # no tree sizes: left out
     cost = verify_cost(read_bench([_file(tmp_path / "b.jsonl", rows)])).set_index("method")
     assert list(cost.index) == ["vanilla", "eagle"]  # by tokens verified
     assert cost.loc["vanilla", "tokens"] == 1 and cost.loc["vanilla", "ms_per_verify"] == pytest.approx(1.0)
@@ -174,4 +175,18 @@ def test_a_records_drafting_options_are_those_of_its_own_method(tmp_path):
     rows = [_row(m, "1", [_turn(2, 1.0)], drafting=options) for m in ("eagle2", "eagle")]
     frame = read_bench([_file(tmp_path / "b.jsonl", rows)]).set_index("method")
     assert frame.loc["eagle2", "drafting"] == "depth=6 tree=chain_3" and frame.loc["eagle", "drafting"] == "tree=chain_5"
-    assert drafting_method("eagle2:total_tokens=8") == ("eagle2", "total_tokens=8") and drafting_method("tree=a:b") == (None, "tree=a:b")
+    assert method_option("eagle2:total_tokens=8") == ("eagle2", "total_tokens=8") and method_option("tree=a:b") == (None, "tree=a:b")
+
+
+def test_a_record_whose_step_lists_disagree_is_refused_naming_its_line(tmp_path):
+    misaligned = _turn(4, 1.0, [1, 3]) | {"failed_depths": [2, None]}  # one step after the prefill, two depths
+    path = _file(tmp_path / "b.jsonl", [_row("vanilla", "1", [_turn(4, 1.0)]), _row("m", "1", [misaligned])])
+    with pytest.raises(Clover2Error, match=r"b.jsonl:2: not a bench record .*per-step lists disagree.*rerun the bench"):
+        read_bench([path])
+
+
+def test_a_rows_settings_are_fields_with_its_methods_drafting_options_parsed():
+    row = BenchRow.from_json(_row("eagle2", "1", [_turn(3, 1.0, [1, 2])], temperature=1, repeat=2,
+                                  drafting=["eagle2:total_tokens=8", "eagle:depth=3", "total_tokens=10"]))
+    assert row.settings == RunSettings(temperature=1.0, dtype="float32", repeat=2, drafting={"total_tokens": 10})
+    assert row.turns[0].drafted == [Step(kept=2, failed_depth=None, tree_size=None)]  # one step after the prefill

@@ -2,7 +2,13 @@
 
 import pytest
 
-from clover2.quality import gsm8k_correct, gsm8k_prediction, gsm8k_reference, humaneval_passed, humaneval_program
+from clover2.reporting.quality import (
+    gsm8k_correct,
+    gsm8k_prediction,
+    gsm8k_reference,
+    humaneval_passed,
+    humaneval_program,
+)
 from clover2.tasks import load_questions
 
 
@@ -16,7 +22,7 @@ def test_gsm8k_reference_is_the_number_after_the_marker():
     ("#### 18", 18.0),
     ("It is -2.5 degrees", -2.5),
     ("I cannot tell.", None),
-])  # fmt: skip
+])
 def test_gsm8k_prediction_takes_the_final_number(answer, expected):
     assert gsm8k_prediction(answer) == expected
 

@@ -7,11 +7,24 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_metrics import _file, _row, _turn
 
 from clover2.errors import Clover2Error
-from clover2.report import build_tables, compile_pdf, published_table, title, write_paper, write_tables
-from clover2.tasks import load_questions, write_questions
+from clover2.reporting import tables as report_tables
+from clover2.reporting.paper import compile_pdf, write_paper
+from clover2.reporting.render import write_tables
+from clover2.reporting.tables import title
+from clover2.tasks import TASKS, load_questions, read_questions, write_questions
+from test_metrics import _file, _row, _turn
+
+
+def build_tables(*args, **kwargs):
+    """The tables as `clover2 report` builds them: with the registered tasks' labels and scorers."""
+    return report_tables.build_tables(*args, tasks=TASKS, **kwargs)
+
+
+def published_table(records, published, target):
+    tables, _ = build_tables(records, published=published, target=target)
+    return tables["published"]
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clover2_published.csv"
 
@@ -53,16 +66,14 @@ def test_the_main_table_gives_each_method_speedup_and_tau_per_task_in_the_papers
 
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
 def test_published_numbers_sit_beside_ours_naming_both_targets(records):
-    _, stats = build_tables(records)
-    table = published_table(stats, PUBLISHED, "smollm2-135m-instruct")
+    table = published_table(records, PUBLISHED, "smollm2-135m-instruct")
     assert ("vicuna-7b-v1.5 (paper)", "speedup") in table.columns and ("smollm2-135m-instruct (ours)", "speedup") in table.columns
     assert table.loc[(0.0, "clover2", "MT-Bench"), ("vicuna-7b-v1.5 (paper)", "speedup")] == 3.0
 
 
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")
 def test_for_a_paper_target_cells_are_compared_one_by_one(records):
-    _, stats = build_tables(records)
-    table = published_table(stats, PUBLISHED, "vicuna-7b-v1.5")
+    table = published_table(records, PUBLISHED, "vicuna-7b-v1.5")
     row = table.loc[(0.0, "clover2", "MT-Bench")]
     assert row[("diff", "speedup")] == pytest.approx(round(row[("ours", "speedup")] - 3.0, 2), abs=0.011)
     assert pd.isna(table.loc[(0.0, "clover2", "RAG"), ("ours", "speedup")])  # not run here: shown as missing
@@ -79,8 +90,8 @@ def test_quality_is_scored_from_the_answers_with_the_question_files(tmp_path):
     rows = [_row(m, gsm8k[0].question_id, [_turn(2, 1.0, text=f"The answer is {right}.")], task="gsm8k") for m in ("vanilla", "x")]
     rows += [_row(m, gsm8k[1].question_id, [_turn(2, 1.0, text="The answer is 0.5.")], task="gsm8k") for m in ("vanilla", "x")]
     rows += [_row("vanilla", humaneval[0].question_id, [_turn(2, 1.0, text=solution)], task="humaneval"),
-             _row("x", humaneval[0].question_id, [_turn(2, 1.0, text="    return None\n")], task="humaneval")]  # fmt: skip
-    tables, _ = build_tables([_file(tmp_path / "b.jsonl", rows)], questions=questions)
+             _row("x", humaneval[0].question_id, [_turn(2, 1.0, text="    return None\n")], task="humaneval")]
+    tables, _ = build_tables([_file(tmp_path / "b.jsonl", rows)], questions=[q for path in questions for q in read_questions(path)])
     quality = tables["quality"]
     assert quality.loc["vanilla", "GSM8K accuracy (gsm8k)"] == "1/2" and quality.loc["x", "GSM8K accuracy (gsm8k)"] == "1/2"
     assert quality.loc["vanilla", "HumanEval pass@1 (humaneval)"] == "1/1" and quality.loc["x", "HumanEval pass@1 (humaneval)"] == "0/1"
@@ -105,7 +116,7 @@ def test_paper_directory_holds_tables_figures_and_a_main_file_including_them(rec
 
 def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(records, tmp_path):
     sweep = [_row("eagle2", "0", [_turn(6, 1.0, lengths) | {"tree_sizes": [size] * (len(lengths) - 1)}], drafting=[f"total_tokens={size}"])
-             for size, lengths in ((5, [1, 2, 3]), (20, [1, 5]))]  # fmt: skip
+             for size, lengths in ((5, [1, 2, 3]), (20, [1, 5]))]
     tables, stats = build_tables(records, sweep=[_file(tmp_path / "sweep.jsonl", sweep)])
     assert list(tables["tree_size"]["tree_size"]) == [5.0, 20.0] and list(tables["tree_size"]["tau"]) == [2.0, 3.0]
     main = write_paper(tables, stats, tmp_path / "paper", "unit_test").read_text()
@@ -145,7 +156,7 @@ def test_the_paper_compiles_cleanly_with_every_table_on_the_page(records, tmp_pa
     write_paper(tables, stats, tmp_path / "paper", "unit_test")
     pdf = compile_pdf(tmp_path / "paper")
     assert pdf.read_bytes().startswith(b"%PDF") and sorted(p.name for p in (tmp_path / "paper").iterdir()) == [
-        "figures", "main.pdf", "main.tex", "tables", "tables.md"]  # fmt: skip  (latexmk's files stay out)
+        "figures", "main.pdf", "main.tex", "tables", "tables.md"]  # latexmk's files stay out
     first = pdf.read_bytes()
     assert compile_pdf(tmp_path / "paper").read_bytes() == first  # reproducible: no date, no random id
 
@@ -153,7 +164,7 @@ def test_the_paper_compiles_cleanly_with_every_table_on_the_page(records, tmp_pa
 @pytest.mark.parametrize(
     "damage, problem",
     [("\\includegraphics{figures/missing.pdf}", "missing.pdf"), ("\\ref{tab:nowhere}", "undefined"),
-     ("\\begin{tabular}{l}", "")],  # fmt: skip
+     ("\\begin{tabular}{l}", "")],
 )
 def test_a_paper_with_an_error_a_missing_figure_or_a_dangling_reference_fails(records, tmp_path, damage, problem):
     tables, stats = build_tables(records)
@@ -177,7 +188,7 @@ def _head_dir(directory: Path, method: str, log: list[dict]) -> Path:
 def test_heads_add_learning_curves_of_heldout_top1_against_minutes(records, tmp_path):
     clover2 = _head_dir(tmp_path / "clover2", "clover2", [
         {"step": 1, "seconds": 6.0}, {"step": 2, "seconds": 60.0, "heldout": {"top1": [0.2, 0.1]}},
-        {"step": 4, "seconds": 120.0, "heldout": {"top1": [0.4, 0.3]}}])  # fmt: skip
+        {"step": 4, "seconds": 120.0, "heldout": {"top1": [0.4, 0.3]}}])
     eagle = _head_dir(tmp_path / "eagle", "eagle", [{"step": 3, "seconds": 90.0, "heldout": {"top1": [0.5]}}])
     tables, stats = build_tables(records, heads=[clover2, eagle])
     curve = tables["learning_curve"]
@@ -208,7 +219,7 @@ def _step_cost_file(path: Path) -> Path:
              "verify_ms": ms / 2, "bookkeeping_ms": ms / 6, "prefill_ms": 50.0, "sync_overhead": 1.1,
              "paper_tau": tau, "projected_speedup": tau * 30.0 / ms if tau else None}
             for kernels in ("torch", "triton")
-            for method, size, ms, tau in (("vanilla", 0, 30.0, None), ("clover2", 25, 40.0, 3.5))]  # fmt: skip
+            for method, size, ms, tau in (("vanilla", 0, 30.0, None), ("clover2", 25, 40.0, 3.5))]
     config = {"dtype": "float16", "shapes": ["vicuna-7b"]}
     path.write_text(json.dumps({"rows": rows, "provenance": {"config": config, "device": "cuda: NVIDIA H200_x"}}))
     return path
@@ -246,7 +257,7 @@ def test_ablation_table_reads_each_variant_from_the_full_method_to_clovers_choic
     bench, heads = {}, {}
     variants = {"clover2": ({}, 0.5), "mlp_projector": ({"output_projector": "mlp"}, 0.8),
                 "clover_v1_choices": ({"extraction_order": "state_first", "output_projector": "mlp", "augmenting_layers": 1,
-                                       "distillation": "hard_ce"}, 1.0)}  # fmt: skip
+                                       "distillation": "hard_ce"}, 1.0)}
     for name, (options, seconds) in variants.items():
         rows = []
         for q, task in enumerate(["mt_bench", "mt_bench", "qa", "qa"]):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from clover2 import sandbox
 from clover2.errors import Clover2Error
-from clover2.sandbox import run_sandboxed
+from clover2.reporting import sandbox
+from clover2.reporting.sandbox import run_sandboxed
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 TOKEN = uuid.uuid4().hex[:12]  # names every file an attack aims at, and marks the processes it starts
@@ -84,7 +84,7 @@ def _survivors() -> list[str]:
 def test_attacks_are_contained(attack, audit_hook, host):
     escape = TARGETS.get(attack, host["tmp"]) / f"escaped-{TOKEN}.txt"
     program = ATTACKS[attack].format(escape=str(escape), secret=str(host["secret"]), port=host["listener"].getsockname()[1],
-                                     checkout_file=str(CHECKOUT / "pyproject.toml"), victim=host["victim"].pid)  # fmt: skip
+                                     checkout_file=str(CHECKOUT / "pyproject.toml"), victim=host["victim"].pid)
     try:
         result = run_sandboxed(program + "print('survived')\n", timeout=3, audit_hook=audit_hook)
         assert not escape.exists()
@@ -109,7 +109,7 @@ def test_attacks_are_contained(attack, audit_hook, host):
     ("memory exhaustion", "failed (exit 1): MemoryError"),
     ("1 GB of output", "output over 16 MB"),
     ("subprocess", "failed (exit 1): PermissionError: sandbox: subprocess.Popen is not allowed"),
-])  # fmt: skip
+])
 def test_a_failed_sample_says_why(attack, reason):
     assert run_sandboxed(ATTACKS[attack].format(escape="/nonexistent"), timeout=3).reason == reason
 
@@ -118,7 +118,7 @@ def test_the_sample_sees_the_standard_library_and_nothing_installed():
     program = ("import json, hashlib, math, typing, collections, itertools, re, os\n"
                "assert os.getuid() == 65534 and os.getcwd() == '/sandbox' and os.listdir('.') == ['sample.py']\n"
                "try:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('torch is importable')\n"
-               "try:\n    import pytest\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('pytest is importable')\n")  # fmt: skip
+               "try:\n    import pytest\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('pytest is importable')\n")
     result = run_sandboxed(program)
     assert result.passed, result.reason
 
@@ -143,7 +143,7 @@ def test_without_bubblewrap_scoring_refuses_naming_the_package(monkeypatch):
 def test_a_sandbox_killed_from_outside_leaves_no_process():
     """The whole PID namespace goes with bwrap: SIGKILL to the sandbox's group leaves nothing running."""
     command = [*sandbox._bwrap_command(Path(__file__)), sandbox._interpreter(), "-I", "-S", "-c",
-               f"import os, time\nos.system('setsid sleep {SLEEP} &')\ntime.sleep(30)"]  # fmt: skip
+               f"import os, time\nos.system('setsid sleep {SLEEP} &')\ntime.sleep(30)"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not any(SLEEP in s for s in _survivors()) and time.monotonic() < deadline:

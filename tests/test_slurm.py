@@ -18,15 +18,23 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from workflow_runs import ROOT, SMOKE, config, job_counts, snakemake, snakemake_command, timed_snakemake
 
 from clover2.workflow import train_flags
+from workflow_runs import (
+    ROOT,
+    SMOKE,
+    config,
+    job_counts,
+    snakemake,
+    snakemake_command,
+    timed_snakemake,
+)
 
 CLUSTER = ROOT / "workflow" / "profiles" / "slurm" / "testing" / "cluster.sh"
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "sacct", "munged", "mariadbd")
 SACCT = ["sacct", "-X", "--parsable2", "--noheader", "--starttime", "now-1days",
-         "--format=JobIDRaw,JobName,State,Partition,AllocCPUS,ReqMem,Timelimit,ReqTRES,Comment"]  # fmt: skip
+         "--format=JobIDRaw,JobName,State,Partition,AllocCPUS,ReqMem,Timelimit,ReqTRES,Comment"]
 
 pytestmark = pytest.mark.slow
 
@@ -226,7 +234,7 @@ def _uninterrupted(workdir: Path, settings: dict) -> Path:
     out = workdir / "uninterrupted"
     flags = train_flags(settings, "clover2").split() + ["--teacher-cache", str(root / "teacher")]
     command = [sys.executable, "-m", "clover2.cli", "train", "--target", str(root / "target"), "--method", "clover2",
-               "--out", str(out), *flags, "--threads", str(settings["threads"]), "--device", settings["device"]]  # fmt: skip
+               "--out", str(out), *flags, "--threads", str(settings["threads"]), "--device", settings["device"]]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return out

@@ -7,15 +7,15 @@ import torch
 from transformers import DynamicCache
 
 from baselines.prompt_lookup import PromptLookupDrafter
-from clover2.decoding import DecodeConfig, generate, keep_path, verify_forward
-from clover2.head_protocol import head_class
+from clover2.engine.decoding import DecodeConfig, generate, keep_path, verify_forward
+from clover2.engine.self_draft import SelfDrafter
+from clover2.engine.tree import DraftTree, TreeShape, static_tree
+from clover2.engine.verify import Acceptance
+from clover2.heads.protocol import head_class
 from clover2.lossless import check_greedy
 from clover2.methods import METHODS
-from clover2.self_draft import SelfDrafter
 from clover2.targets import load_target
 from clover2.tasks import load_questions
-from clover2.tree import DraftTree, TreeShape, static_tree
-from clover2.verify import Acceptance
 
 NO_STOP = [511]
 REPETITIVE = [1] + [17, 23, 99, 4, 250] * 6

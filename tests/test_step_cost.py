@@ -1,6 +1,5 @@
 """`clover2 step-cost` (the engine's cost model), whole-turn timing, and where a drafter's attention runs."""
 
-import ast
 import collections
 import copy
 import json
@@ -12,18 +11,18 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-import clover2.kernels
+import clover2.engine.kernels
 from clover2.cli import main
-from clover2.decoding import DecodeConfig, Stopwatch, TurnRecord, generate
-from clover2.head_protocol import head_class, head_methods
-from clover2.kernels import ENV
-from clover2.kernels.attention import NAME, use_tree_attention
+from clover2.engine.decoding import DecodeConfig, Stopwatch, TurnRecord, generate
+from clover2.engine.kernels.attention import NAME, use_tree_attention
+from clover2.heads.protocol import head_class, head_methods
 from clover2.step_cost import PLAIN_METHODS, published_taus
+from helpers import use_kernels
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clover2_published.csv"
 NO_STOP = [511]
 SMALL_RUN = ["--shapes", "tiny", "--device", "cpu", "--dtype", "float32", "--prompts", "2", "--prompt-tokens", "24",
-             "--new-tokens", "6", "--warmup-tokens", "2", "--threads", "1", "--published", str(PUBLISHED)]  # fmt: skip
+             "--new-tokens", "6", "--warmup-tokens", "2", "--threads", "1", "--published", str(PUBLISHED)]
 
 
 def _step_cost(tmp_path: Path, *extra: str) -> pd.DataFrame:
@@ -35,7 +34,7 @@ def _step_cost(tmp_path: Path, *extra: str) -> pd.DataFrame:
 
 
 def test_step_cost_times_every_method_on_a_tiny_shape(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     rows = _step_cost(tmp_path).set_index("method")
     assert set(rows.index) == {*PLAIN_METHODS, *head_methods()} and set(rows["kernels"]) == {"torch"}
     assert (rows[["ms_per_step", "ms_per_step_synced", "verify_ms", "prefill_ms"]] > 0).all().all()
@@ -49,7 +48,7 @@ def test_step_cost_times_every_method_on_a_tiny_shape(tmp_path, monkeypatch):
 
 
 def test_projected_speedup_puts_the_papers_tau_on_the_measured_costs(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     rows = _step_cost(tmp_path, "--method", "vanilla", "clover2", "medusa").set_index("method")
     tau = published_taus(PUBLISHED, "tiny")["clover2"]
     clover2 = rows.loc["clover2"]
@@ -67,7 +66,7 @@ def test_published_tau_is_one_plus_the_mean_extra_tokens_per_step_of_the_shapes_
 
 
 def test_step_cost_compares_both_backends(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     rows = _step_cost(tmp_path, "--method", "vanilla", "clover2", "--kernels", "torch", "triton")
     assert sorted(zip(rows["method"], rows["kernels"])) == [("clover2", "torch"), ("clover2", "triton"), ("vanilla", "torch"), ("vanilla", "triton")]
     # Each backend's projection divides by its own plain decoding.
@@ -76,7 +75,7 @@ def test_step_cost_compares_both_backends(tmp_path, monkeypatch):
 
 
 def test_step_cost_profiles_each_run_with_phases_labelled(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, "torch")
+    use_kernels(monkeypatch, "torch")
     _step_cost(tmp_path, "--method", "clover2", "--profile", str(tmp_path / "profile"))
     trace = json.loads((tmp_path / "profile" / "tiny-clover2-torch.trace.json").read_text())
     names = {event.get("name") for event in trace["traceEvents"]}
@@ -127,23 +126,11 @@ def test_turn_timing_decodes_the_same_tokens(tiny_llama):
         DecodeConfig(timing="steps")
 
 
-def _kernel_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clover2")}
-
-
-def test_kernels_package_imports_nothing_above_it():
-    package = Path(clover2.kernels.__file__).parent
-    for path in package.glob("*.py"):
-        above = {m for m in _kernel_imports(path) if not m.startswith("clover2.kernels") and m != "clover2.errors"}
-        assert not above, f"{path.name} reaches up into {sorted(above)}"
-
-
 @pytest.mark.parametrize("method", sorted(head_methods()))
 def test_drafter_layers_attend_with_sdpa_while_the_target_runs_the_tree_kernel(tiny_llama, method, monkeypatch):
     """Under the Triton backend only the target's attention runs the tree kernel: a drafter's layers keep
     SDPA (their own config, which switching the target cannot reach), and drafting dispatches no kernel."""
-    monkeypatch.setenv(ENV, "triton")
+    use_kernels(monkeypatch, "triton")
     model = LlamaForCausalLM(copy.deepcopy(tiny_llama.config)).eval()
     model.load_state_dict(tiny_llama.state_dict())
     torch.manual_seed(0)
@@ -154,7 +141,7 @@ def test_drafter_layers_attend_with_sdpa_while_the_target_runs_the_tree_kernel(t
     phase, calls = ["engine"], collections.Counter()
     for name in (NAME, "sdpa"):
         monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, name, _counted(ALL_ATTENTION_FUNCTIONS[name], name, phase, calls))
-    monkeypatch.setattr(clover2.kernels, "backend_for", _counted(clover2.kernels.backend_for, "dispatch", phase, calls))
+    monkeypatch.setattr(clover2.engine.kernels, "backend_for", _counted(clover2.engine.kernels.backend_for, "dispatch", phase, calls))
     drafter = head.drafter()
     draft = drafter.draft
 

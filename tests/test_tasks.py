@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from clover2 import tasks
+from clover2 import sources, tasks
 from clover2.errors import Clover2Error
-from clover2.tasks import HUMANEVAL_PREFIX, Question, data_file, load_questions, read_questions, task_names, write_questions
+from clover2.sources import data_file
+from clover2.tasks import (
+    HUMANEVAL_PREFIX,
+    Question,
+    load_questions,
+    read_questions,
+    task_names,
+    write_questions,
+)
 
 REAL_MIRROR = Path(os.environ["CLOVER2_DATA_MIRROR"])
 SPEC_BENCH_SIX = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -43,14 +51,14 @@ def no_mirror(tmp_path, monkeypatch):
     """No mirror, a cache in tmp_path, and a fake downloader serving the real mirror's bytes by URL."""
     monkeypatch.delenv("CLOVER2_DATA_MIRROR")
     monkeypatch.setenv("CLOVER2_CACHE", str(tmp_path / "cache"))
-    by_url = {source.url: relative for relative, source in tasks.SOURCES.items() if source.url}
+    by_url = {source.url: relative for relative, source in sources.SOURCES.items() if source.url}
     requested: list[str] = []
 
     def fake_download(url: str) -> bytes:
         requested.append(url)
         return (REAL_MIRROR / by_url[url]).read_bytes()
 
-    monkeypatch.setattr(tasks, "_download", fake_download)
+    monkeypatch.setattr(sources, "_download", fake_download)
     return requested
 
 
@@ -137,9 +145,9 @@ def test_humaneval_full_copies_eagles_turns_byte_for_byte():
 
 def test_tasks_follow_category_not_line_position(mirror):
     original = {task: {q.question_id for q in load_questions(task)} for task in SPEC_BENCH_SIX}
-    lines = (REAL_MIRROR / tasks.SPEC_BENCH_FILE).read_text(encoding="utf-8").splitlines()
+    lines = (REAL_MIRROR / sources.SPEC_BENCH_FILE).read_text(encoding="utf-8").splitlines()
     random.Random(0).shuffle(lines)
-    mirror(tasks.SPEC_BENCH_FILE, lines)
+    mirror(sources.SPEC_BENCH_FILE, lines)
     file_order = [str(json.loads(line)["question_id"]) for line in lines]
     for task in SPEC_BENCH_SIX:
         shuffled = load_questions(task)
@@ -200,19 +208,19 @@ def test_unknown_task_lists_the_known_ones():
     ],
 )
 def test_malformed_spec_bench_line_names_file_line_and_field(mirror, bad_line, message):
-    path = mirror(tasks.SPEC_BENCH_FILE, [spec_bench_line(1), bad_line, spec_bench_line(3)])
+    path = mirror(sources.SPEC_BENCH_FILE, [spec_bench_line(1), bad_line, spec_bench_line(3)])
     with pytest.raises(Clover2Error, match=re.escape(f"{path}:2: ") + message):
         load_questions("spec_bench")
 
 
 def test_blank_lines_are_skipped_but_counted(mirror):
-    path = mirror(tasks.SPEC_BENCH_FILE, [spec_bench_line(1), "", "{oops"])
+    path = mirror(sources.SPEC_BENCH_FILE, [spec_bench_line(1), "", "{oops"])
     with pytest.raises(Clover2Error, match=re.escape(f"{path}:3: not valid JSON")):
         load_questions("qa")
 
 
 def test_a_task_with_no_questions_is_an_error(mirror):
-    path = mirror(tasks.SPEC_BENCH_FILE, [spec_bench_line(1, category="rag")])
+    path = mirror(sources.SPEC_BENCH_FILE, [spec_bench_line(1, category="rag")])
     assert [q.question_id for q in load_questions("rag")] == ["1"]
     with pytest.raises(Clover2Error, match=re.escape(f"{path}: no questions for task 'qa'")):
         load_questions("qa")
@@ -226,14 +234,14 @@ def test_malformed_gsm8k_line(mirror):
 
 def test_malformed_humaneval_record_in_gzip(mirror):
     record = {field: "x" for field in tasks.HUMANEVAL_FIELDS}
-    path = mirror(tasks.HUMANEVAL_FILE, [json.dumps(record), json.dumps({**record, "entry_point": ""})])
+    path = mirror(sources.HUMANEVAL_FILE, [json.dumps(record), json.dumps({**record, "entry_point": ""})])
     with pytest.raises(Clover2Error, match=re.escape(f"{path}:2: field 'entry_point': expected a non-empty")):
         load_questions("humaneval_full")
 
 
 def test_eagle_humaneval_prompt_without_a_humaneval_record_is_an_error(mirror):
-    real = (REAL_MIRROR / tasks.HUMANEVAL_FILE).read_bytes()
-    mirror(tasks.HUMANEVAL_FILE, gzip.decompress(real).decode().splitlines())
+    real = (REAL_MIRROR / sources.HUMANEVAL_FILE).read_bytes()
+    mirror(sources.HUMANEVAL_FILE, gzip.decompress(real).decode().splitlines())
     good = json.dumps({"question_id": 0, "category": "code", "turns": [HUMANEVAL_PREFIX + "\ndef nope():\n"]})
     path = mirror("eagle/humaneval/question.jsonl", [good])
     with pytest.raises(Clover2Error, match=re.escape(f"{path}: question_id 0: turn is not ")):
@@ -249,7 +257,7 @@ def test_eagle_gsm8k_reference_must_be_one_solution(mirror):
 
 def test_missing_mirror_file_names_its_path(mirror, tmp_path):
     mirror("gsm8k/test.jsonl", ['{"question": "q", "answer": "#### 1"}'])
-    with pytest.raises(Clover2Error, match=re.escape(str(tmp_path / "mirror" / tasks.SPEC_BENCH_FILE))):
+    with pytest.raises(Clover2Error, match=re.escape(str(tmp_path / "mirror" / sources.SPEC_BENCH_FILE))):
         load_questions("qa")
 
 
@@ -265,11 +273,11 @@ def test_download_fetches_the_source_url_and_writes_atomically(no_mirror, monkey
         renames.append((str(src), str(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(tasks.os, "replace", recording_replace)
+    monkeypatch.setattr(sources.os, "replace", recording_replace)
     assert len(load_questions("qa")) == 80
-    expected = tmp_path / "cache" / "data" / tasks.SPEC_BENCH_FILE
+    expected = tmp_path / "cache" / "data" / sources.SPEC_BENCH_FILE
     assert no_mirror == ["https://raw.githubusercontent.com/hemingkx/Spec-Bench/main/data/spec_bench/question.jsonl"]
-    assert expected.read_bytes() == (REAL_MIRROR / tasks.SPEC_BENCH_FILE).read_bytes()
+    assert expected.read_bytes() == (REAL_MIRROR / sources.SPEC_BENCH_FILE).read_bytes()
     [(src, dst)] = renames
     assert dst == str(expected) and Path(src).parent == expected.parent and src != dst
     assert sorted(p.name for p in expected.parent.iterdir()) == ["question.jsonl"]
@@ -289,14 +297,14 @@ def test_download_urls_of_every_remote_source(no_mirror):
 def test_humaneval_comes_from_the_installed_package(no_mirror, tmp_path):
     assert len(load_questions("humaneval_full")) == 164
     assert no_mirror == []
-    cached = tmp_path / "cache" / "data" / tasks.HUMANEVAL_FILE
-    assert cached.read_bytes() == (REAL_MIRROR / tasks.HUMANEVAL_FILE).read_bytes()
+    cached = tmp_path / "cache" / "data" / sources.HUMANEVAL_FILE
+    assert cached.read_bytes() == (REAL_MIRROR / sources.HUMANEVAL_FILE).read_bytes()
     assert len(load_questions("humaneval")) == 80
     assert no_mirror == ["https://raw.githubusercontent.com/SafeAILab/EAGLE/main/eagle/data/humaneval/question.jsonl"]
 
 
 def test_sha_mismatch_is_rejected_and_leaves_nothing(no_mirror, monkeypatch, tmp_path):
-    monkeypatch.setattr(tasks, "_download", lambda url: b'{"question_id": 1, "category": "qa", "turns": ["x"]}\n')
+    monkeypatch.setattr(sources, "_download", lambda url: b'{"question_id": 1, "category": "qa", "turns": ["x"]}\n')
     with pytest.raises(Clover2Error, match=r"data file spec_bench/question.jsonl from https://\S+ has sha256 \w{16}, "
                        r"expected 4b6d33e79484f984"):
         load_questions("qa")
@@ -311,8 +319,8 @@ def test_network_failure_names_the_url_and_the_mirror(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(tasks.urllib.request, "urlopen", offline)
-    url = tasks.SOURCES["eagle/gsm8k/question.jsonl"].url
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    url = sources.SOURCES["eagle/gsm8k/question.jsonl"].url
     with pytest.raises(Clover2Error, match=re.escape(f"could not download {url}") + ".*CLOVER2_DATA_MIRROR"):
         data_file("eagle/gsm8k/question.jsonl")
     assert not (tmp_path / "cache" / "data" / "eagle" / "gsm8k" / "question.jsonl").exists()

@@ -8,13 +8,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from clover2.cli import main
-from clover2.decoding import DecodeConfig, generate
+from clover2.engine.decoding import DecodeConfig, generate
+from clover2.engine.target import Target
 from clover2.errors import Clover2Error
-from clover2.head_protocol import load_head
-from clover2.sharegpt import encode, load_examples, read_conversations
-from clover2.targets import Target, load_target
-from clover2.teacher import CachedTeacher, OnlineTeacher, write_teacher_cache
-from clover2.training import TrainConfig, train
+from clover2.heads.directory import load_head
+from clover2.targets import load_target
+from clover2.training.loop import TrainConfig, train
+from clover2.training.sharegpt import encode, load_examples, read_conversations
+from clover2.training.teacher import CachedTeacher, OnlineTeacher, write_teacher_cache
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def tiny_target(tokenizer):
     """A tiny random Llama over SmolLM2's vocabulary, so real conversations can be tokenized for it."""
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     model = LlamaForCausalLM(config).eval()
     return Target(model, tokenizer, [tokenizer.eos_token_id], None, {"name": "tiny-smollm2-vocab"})
 
@@ -49,7 +50,7 @@ CHATS = [
 
 def test_loss_mask_covers_exactly_the_assistant_turns(tokenizer):
     messages = [{"role": "user", "content": CHATS[0][0]}, {"role": "assistant", "content": CHATS[0][1]},
-                {"role": "user", "content": CHATS[0][2]}, {"role": "assistant", "content": CHATS[0][3]}]  # fmt: skip
+                {"role": "user", "content": CHATS[0][2]}, {"role": "assistant", "content": CHATS[0][3]}]
     example = encode(tokenizer, messages, max_length=512)
     marked = tokenizer.decode([t for t, m in zip(example.input_ids, example.loss_mask) if m])
     assert "Two plus two is four." in marked and "Three plus three is six." in marked
@@ -87,7 +88,7 @@ def test_empty_training_set_is_an_error(tmp_path, tokenizer):
 
 def _config(**overrides) -> TrainConfig:
     settings = dict(method="clover2", conversations=8, heldout=2, max_length=64, batch_size=2, max_steps=6,
-                    eval_every=3, checkpoint_every=3, warmup_steps=0, lr=3e-3)  # fmt: skip
+                    eval_every=3, checkpoint_every=3, warmup_steps=0, lr=3e-3)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -172,13 +173,13 @@ def test_teacher_cache_of_another_target_is_an_error(tiny_target, tmp_path):
     with pytest.warns(UserWarning):
         cache = write_teacher_cache(tiny_target, examples, tmp_path / "cache", top_k=4, batch_size=2)
     bigger = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_target.tokenizer), hidden_size=64, intermediate_size=64,
-                                          num_hidden_layers=1, num_attention_heads=4))  # fmt: skip
+                                          num_hidden_layers=1, num_attention_heads=4))
     with pytest.raises(Clover2Error, match="teacher.json: hidden_size is 32"):
         CachedTeacher(cache, Target(bigger, tiny_target.tokenizer, [0], None, {}))
 
 
 def test_each_head_trains_with_its_own_optimiser_settings_and_an_unknown_method_has_none():
-    from clover2.head_protocol import DraftHead, head_class, register
+    from clover2.heads.protocol import DraftHead, head_class, register
 
     assert _config(method="clover2", warmup_steps=None).resolved().warmup_steps == 8000
     assert _config(method="medusa").resolved().betas == (0.9, 0.999)

@@ -7,8 +7,15 @@ import re
 import pytest
 import torch
 
+from clover2.engine.tree import (
+    STATIC_TREES,
+    DraftTree,
+    TreeShape,
+    grow_dynamic_tree,
+    official_eagle2_settings,
+    static_tree,
+)
 from clover2.errors import Clover2Error
-from clover2.tree import STATIC_TREES, DraftTree, TreeShape, grow_dynamic_tree, official_eagle2_settings, static_tree
 
 
 def ancestors_or_self(parents: list[int], node: int) -> list[int]:
@@ -107,7 +114,7 @@ def test_chain() -> None:
 SMALL_TREES = {  # name: (drafted nodes, depth)
     "chain_3": (3, 3), "chain_4": (4, 4), "chain_5": (5, 5), "chain_6": (6, 6),
     "eagle_top_6": (6, 2), "eagle_top_8": (8, 3), "eagle_top_12": (12, 3),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_TREES))
@@ -327,7 +334,7 @@ def test_dynamic_tree_defaults_size() -> None:
     ("official", "ours", "drafted"),
     [((5, 10, 60), {"depth": 6, "top_k": 10, "total_tokens": 59}, 59),  # the EAGLE-2 paper's
      ((5, 10, 59), {"depth": 6, "top_k": 10, "total_tokens": 58}, 58)],  # EaModel.from_pretrained's defaults
-)  # fmt: skip
+)
 def test_official_eagle2_settings_draft_six_levels_and_count_the_root(official, ours, drafted) -> None:
     assert official_eagle2_settings(*official) == ours
 

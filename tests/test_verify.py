@@ -7,13 +7,13 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import clover2.verify as verify
-from clover2.decoding import generate
+import clover2.engine.verify as verify
+from clover2.engine.decoding import generate
+from clover2.engine.self_draft import SelfDrafter
+from clover2.engine.target import Target
+from clover2.engine.tree import DraftTree, TreeShape
+from clover2.engine.verify import accept_greedy, accept_sampling
 from clover2.lossless import check_sampling
-from clover2.self_draft import SelfDrafter
-from clover2.targets import Target
-from clover2.tree import DraftTree, TreeShape
-from clover2.verify import accept_greedy, accept_sampling
 
 # root -> a(1), b(2); a -> c(3); c -> d(4)
 SHAPE = TreeShape.from_parents([-1, 0, 0, 1, 3])

@@ -10,12 +10,19 @@ import pandas as pd
 import pytest
 import yaml
 from safetensors.torch import load_file
-from workflow_runs import ROOT, job_counts, snakemake
-from workflow_runs import config as _config
 
 from clover2.errors import Clover2Error
-from clover2.report import build_tables
-from clover2.workflow import ablation_report_flags, check_config, job_resources, stage_times, train_flags, train_launcher
+from clover2.reporting.tables import build_tables
+from clover2.workflow import (
+    ablation_report_flags,
+    check_config,
+    job_resources,
+    stage_times,
+    train_flags,
+    train_launcher,
+)
+from workflow_runs import ROOT, job_counts, snakemake
+from workflow_runs import config as _config
 
 CONFIGS = ["default", "smoke", "paper-vicuna7b", "paper-llama3-8b"]
 
@@ -55,7 +62,7 @@ def test_a_relative_data_mirror_is_anchored_where_the_command_was_typed(tmp_path
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     config = ROOT / "workflow/config/smoke.yaml"
     command = [sys.executable, "-m", "snakemake", "results/questions/gsm8k.jsonl", "-s", str(ROOT / "Snakefile"),
-               "--directory", str(tmp_path), "--cores", "1", "--configfile", str(config)]  # fmt: skip
+               "--directory", str(tmp_path), "--cores", "1", "--configfile", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len((tmp_path / "results/questions/gsm8k.jsonl").read_text().splitlines()) == _config("smoke")["bench"]["questions"]
@@ -121,7 +128,7 @@ REFUSED_VALUES = {
     "an unknown schedule of one head": ("heads.eagle", {"schedule": "bogus"}, "heads.eagle.schedule"),
     "a draft vocabulary larger than the target's": ("training.options.draft_vocab", 100000, "training.options.draft_vocab"),
     "an unknown top-level key": ("bogus_key", 3, "(the top level)"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", REFUSED_VALUES, ids=str)
@@ -235,7 +242,8 @@ def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
     assert "\nclover2 &" in ablation  # and the full method's row beside it
     variant = json.loads((root / "ablation" / "mlp_projector" / "head" / "head.json").read_text())
     assert variant["options"]["output_projector"] == "mlp" and variant["options"]["draft_vocab"] == config["training"]["options"]["draft_vocab"]
-    assert {row["method"] for row in map(json.loads, (root / "ablation" / "clover2" / "bench.jsonl").read_text().splitlines())} == {"clover2", "vanilla"}
+    ablation_rows = map(json.loads, (root / "ablation" / "clover2" / "bench.jsonl").read_text().splitlines())
+    assert {row["method"] for row in ablation_rows} == {"clover2", "vanilla"}
     assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
 

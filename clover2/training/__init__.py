@@ -1,0 +1,2 @@
+"""Training a head by distillation: the loop, the teacher (online or cached), ShareGPT
+conversations and the target's own answers."""
