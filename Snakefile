@@ -43,6 +43,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/target.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/plan.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
 

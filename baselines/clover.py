@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from baselines.medusa import hard_label_loss, scored_positions, tree_for_heads
+from baselines.medusa import fits_heads, hard_label_loss, scored_positions, tree_for_heads
 from clover2.engine.drafter import TargetStates, grow_static_tree
-from clover2.engine.tree import DraftTree
+from clover2.engine.tree import DraftTree, TreeShape
 from clover2.errors import Clover2Error
 from clover2.heads.blocks import ResBlock, check_heads
 from clover2.heads.protocol import (
@@ -39,6 +39,7 @@ from clover2.heads.protocol import (
     decoder_layer,
     register,
     run_layers,
+    static_drafter,
 )
 
 QK_INIT_NOISE = 0.01  # W_Q, W_K = I + U[0, 0.01)
@@ -152,8 +153,11 @@ class CloverHead(DraftHead):
         ]
         return hard_label_loss(logits, scored, [1.0] * len(states), self.vocab)
 
-    def drafter(self) -> CloverDrafter:
-        return CloverDrafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> CloverDrafter:
+        return static_drafter(CloverDrafter, self, fits_heads(self, tree or self.shape))
+
+    def deepest_tree(self) -> int:
+        return self.options["heads"]
 
 
 def _shift_left(ids: torch.Tensor, steps: int) -> torch.Tensor:
@@ -168,8 +172,8 @@ class CloverDrafter:
 
     needs_states = True
 
-    def __init__(self, head: CloverHead) -> None:
-        self.head, self.shape = head, head.shape
+    def __init__(self, head: CloverHead, shape: TreeShape) -> None:
+        self.head, self.shape = head, shape
         self.cache: DynamicCache | None = None
         self.h0: torch.Tensor | None = None
 

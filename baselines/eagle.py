@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.engine.drafter import TargetStates, grow_static_tree
-from clover2.engine.tree import DraftTree, grow_dynamic_tree, static_tree
+from clover2.engine.tree import DraftTree, TreeShape, grow_dynamic_tree, static_tree
 from clover2.heads.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.heads.protocol import (
     DraftHead,
@@ -36,6 +36,7 @@ from clover2.heads.protocol import (
     decoder_layer,
     register,
     run_layers,
+    static_drafter,
 )
 
 # EAGLE's feature noise: (U(0,1) - 0.5) * NOISE_SCALE * NOISE_LENGTH / L for a sequence of L tokens.
@@ -116,8 +117,8 @@ class EagleHead(DraftHead):
         total = self.options["regression_weight"] * regression + self.options["ce_weight"] * soft_ce
         return HeadLoss(total, {"regression": regression.item(), "soft_ce": soft_ce.item()}, [top1], [top5], [counted])
 
-    def drafter(self) -> FeatureDrafter:
-        return EagleDrafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> FeatureDrafter:
+        return static_drafter(EagleDrafter, self, tree or static_tree(self.options["tree"]))
 
 
 @register
@@ -137,8 +138,9 @@ class Eagle2Head(EagleHead):
         DraftHead.__init__(self, target, vocab_ids, **tree, **_training_options(**training))
         self._build(target)
 
-    def drafter(self) -> FeatureDrafter:
-        return Eagle2Drafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> FeatureDrafter:
+        """The dynamic tree; a static `tree` given drafts as EAGLE-1 does (the same weights)."""
+        return Eagle2Drafter(self) if tree is None else static_drafter(EagleDrafter, self, tree)
 
 
 def _draft_layer(target: PreTrainedModel, init: str) -> nn.Module:
@@ -225,9 +227,9 @@ class FeatureDrafter:
 class EagleDrafter(FeatureDrafter):
     """Drafts EAGLE-1's static tree: children by rank from the parent's logits (sampled w/o replacement at T > 0)."""
 
-    def __init__(self, head: EagleHead) -> None:
+    def __init__(self, head: EagleHead, shape: TreeShape) -> None:
         super().__init__(head)
-        self.shape = static_tree(head.options["tree"])
+        self.shape = shape
 
     @torch.inference_mode()
     def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:

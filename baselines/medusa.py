@@ -20,12 +20,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from clover2.engine.drafter import TargetStates, grow_static_tree
-from clover2.engine.tree import STATIC_TREES, DraftTree, TreeShape, static_tree
+from clover2.engine.tree import DraftTree, TreeShape, static_tree, tree_paths
 from clover2.errors import Clover2Error
 from clover2.heads.blocks import ResBlock, check_heads
 from clover2.heads.draft_vocab import DraftVocab
 from clover2.heads.losses import cross_entropy, topk_hits
-from clover2.heads.protocol import DraftHead, HeadLoss, TrainBatch, register
+from clover2.heads.protocol import DraftHead, HeadLoss, TrainBatch, register, static_drafter
 
 
 def tree_for_heads(name: str, heads: int) -> TreeShape:
@@ -33,7 +33,15 @@ def tree_for_heads(name: str, heads: int) -> TreeShape:
     shape = static_tree(name)
     if shape.max_depth <= heads:
         return shape
-    return TreeShape.from_paths([path for path in STATIC_TREES[name] if len(path) <= heads])
+    return TreeShape.from_paths([path for path in tree_paths(name) if len(path) <= heads])
+
+
+def fits_heads(head: DraftHead, shape: TreeShape) -> TreeShape:
+    """`shape`, checked against the levels `head` can draft."""
+    if shape.max_depth > head.deepest_tree():
+        raise Clover2Error(f"{head.method}: a tree {shape.max_depth} deep, but the head drafts only "
+                           f"{head.deepest_tree()} levels (option heads)")
+    return shape
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,11 @@ class MedusaHead(DraftHead):
         logits = [self.head_logits(k, batch.h[where.rows, where.cols]) for k, where in zip(heads, scored)]
         return hard_label_loss(logits, scored, [self.options["decay"] ** k for k in heads], self.vocab)
 
-    def drafter(self) -> MedusaDrafter:
-        return MedusaDrafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> MedusaDrafter:
+        return static_drafter(MedusaDrafter, self, fits_heads(self, tree or self.shape))
+
+    def deepest_tree(self) -> int:
+        return self.options["heads"]
 
 
 class MedusaDrafter:
@@ -126,8 +137,8 @@ class MedusaDrafter:
 
     needs_states = True
 
-    def __init__(self, head: MedusaHead) -> None:
-        self.head, self.shape = head, head.shape
+    def __init__(self, head: MedusaHead, shape: TreeShape) -> None:
+        self.head, self.shape = head, shape
         self.h: torch.Tensor | None = None
 
     def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:

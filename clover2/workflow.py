@@ -146,10 +146,12 @@ def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
             continue
         trained = head_options(config, head)
         own = trained if head == method else head_class(method).options_from(head, trained)
-        drafting = drafting_options(config, method)
+        drafting = {k: v for k, v in drafting_options(config, method).items() if v != AUTO}  # a chosen tree is always valid
         _check_options(_under(f"methods.{method}.drafting"), method, own | drafting, vocab_size, drafting)
         for option, values in (sweep.get(method) or {}).items():
             for value in values:
+                if value == AUTO:
+                    continue
                 _check_options(lambda _, key=f"sweep.methods.{method}.{option}": key, method,
                                own | drafting | {option: value}, vocab_size, {option: value})
 
@@ -177,9 +179,11 @@ def _check_drafting(key: str, method: str, options: dict) -> None:
     if method in METHODS:
         raise Clover2Error(f"config key '{key}': {method} drafts without a trained head, so it has no drafting options")
     allowed = head_class(method).drafting_options
-    for option in options:
+    for option, value in options.items():
         if option not in allowed:
             raise Clover2Error(f"config key '{key}.{option}': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
+        if AUTO in (value if isinstance(value, list) else [value]) and option != "tree":
+            raise Clover2Error(f"config key '{key}.{option}': only a static tree can be chosen for the machine ({option}: {AUTO})")
 
 
 def _check_sweep(sweep: dict, methods: dict) -> None:
@@ -300,12 +304,49 @@ def drafting_options(config: dict, method: str) -> dict:
     return (config["methods"][method] or {}).get("drafting") or {}
 
 
+# A method's drafting option `tree: auto` (or a sweep's value `auto`): the tree `clover2 choose-tree`
+# picks for its head on this machine, from the head's acceptance profile and the calibrate job's costs.
+AUTO = "auto"
+
+
+def costs_file(config: dict) -> str:
+    return f"{_root(config)}/costs.json"
+
+
+def tree_file(config: dict, method: str) -> str:
+    return f"{_root(config)}/trees/{method}.json"
+
+
+def planned_methods(config: dict) -> list[str]:
+    """The methods that draft a chosen tree somewhere: in the benches, or as a sweep's value."""
+    sweep = (config.get("sweep") or {}).get("methods", {})
+    return [m for m in config["methods"]
+            if drafting_options(config, m).get("tree") == AUTO or AUTO in (sweep.get(m) or {}).get("tree", [])]
+
+
+def tree_files(config: dict, methods: list[str], changes: dict | None = None) -> list[str]:
+    """The chosen-tree files the `methods` decode with (`changes`: a sweep's value)."""
+    return [tree_file(config, m) for m in methods if (drafting_options(config, m) | (changes or {})).get("tree") == AUTO]
+
+
+def calibrate_flags(config: dict) -> str:
+    heads = " ".join(f"--head {m}={head_dir(config, head_of(config, m))}" for m in planned_methods(config))
+    settings = config.get("planning") or {}
+    return (f"{heads} --prompt-tokens {settings.get('prompt_tokens', 300)} --repeats {settings.get('repeats', 3)} "
+            f"--new-tokens {settings.get('new_tokens', 24)} --max-tokens {settings.get('max_nodes', 63) + 1}")
+
+
+def choose_flags(config: dict) -> str:
+    settings = config.get("planning") or {}
+    return " ".join(f"--{key.replace('_', '-')} {settings[key]}" for key in ("max_nodes", "max_depth") if key in settings)
+
+
 def method_flags(config: dict, methods: list[str], changes: dict | None = None, heads: dict[str, str] | None = None) -> str:
     """`--method M` for each method, `--head M=DIR` for each one that drafts with a trained head (`heads`
     overrides the directories), and `--draft-option M:KEY=VALUE` for each of its drafting options, those
-    of `changes` (a sweep's) last."""
+    of `changes` (a sweep's) last; `tree=auto` names the method's chosen-tree file."""
     heads = method_heads(config, methods) | (heads or {})
-    drafting = [f"--draft-option {m}:{key}={value}"
+    drafting = [f"--draft-option {m}:{key}={tree_file(config, m) if value == AUTO else value}"
                 for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]
     return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
 

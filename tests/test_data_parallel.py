@@ -92,7 +92,7 @@ def test_two_processes_train_as_one_on_the_doubled_batch(single, parallel):
 
 def test_only_the_main_process_writes_and_shows_progress(parallel):
     head, result = parallel
-    assert sorted(path.name for path in head.iterdir()) == ["head.json", "head.safetensors", "train_log.jsonl", "training.json"]
+    assert sorted(path.name for path in head.iterdir()) == ["acceptance.json", "head.json", "head.safetensors", "train_log.jsonl", "training.json"]
     assert [record["step"] for record in _log(head)] == list(range(1, STEPS + 1))  # one writer: no line twice
     assert result.stdout.count("head ready") == 1
     bars = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("train clover2:")]

@@ -16,6 +16,7 @@ LAYERS = {
     "baselines": {"clover2.engine", "clover2.heads"},
     "clover2.training": {"clover2.engine", "clover2.heads"},
     "clover2.reporting": {"clover2.engine", "clover2.heads"},
+    "clover2.planning": {"clover2.engine", "clover2.heads"},
 }
 
 

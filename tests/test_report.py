@@ -280,3 +280,26 @@ def test_ablation_table_reads_each_variant_from_the_full_method_to_clovers_choic
     assert (tmp_path / "paper" / "figures" / "ablation.png").is_file()
     assert r"\input{tables/ablation}" in (tmp_path / "paper" / "main.tex").read_text()
     assert compile_pdf(tmp_path / "paper").is_file()  # both tables fit the page
+
+
+def _tree_file(path: Path, method: str, nodes: int, tau: float, speedup: float, needed: float = 1.0) -> Path:
+    paths = [[0] * (depth + 1) for depth in range(nodes)]
+    predicted = {"paths": paths, "tau": tau, "nodes": nodes, "depth": nodes, "speedup": speedup}
+    path.write_text(json.dumps({"paths": paths, "predicted": predicted, "needed_acceptance": needed,
+                                "inputs": {"head": method, "costs": "costs.json", "acceptance": "acceptance.json"}}))
+    return path
+
+
+def test_chosen_trees_add_their_predictions_beside_the_measured_tau_and_speedups(records, tmp_path):
+    trees = [_tree_file(tmp_path / "clover2.json", "clover2", 3, 2.5, 1.6), _tree_file(tmp_path / "eagle.json", "eagle", 0, 1.0, 1.0, 3.2)]
+    tables, stats = build_tables(records, trees=trees)
+    table = tables["tree_choice"]
+    assert table.loc["clover2", "τ predicted"] == 2.5 and table.loc["clover2", "τ measured"] == 3.0  # steps of 3, 4, 2 tokens
+    # After the prefill (a quarter of each turn): 9 tokens in 3/4 of the time, against the baseline's same share.
+    expected = (4 * 9 / sum(0.75 * (0.5 + q / 20) for q in range(4))) / (4 * 9 / sum(0.75 * (1.0 + q / 10) for q in range(4)))
+    assert table.loc["clover2", "after prefill"] == pytest.approx(expected, abs=0.01)
+    assert table.loc["clover2", "whole turns"] == pytest.approx(stats.query("method == 'clover2'")["speedup"].mean(), abs=0.05)
+    assert table.loc["eagle", "acceptance needed"] == "3.2×" and table.loc["clover2", "acceptance needed"] == ""
+    (tmp_path / "broken.json").write_text(json.dumps({"paths": []}))
+    with pytest.raises(Clover2Error, match="broken.json: not a clover2 choose-tree file"):
+        build_tables(records, trees=[tmp_path / "broken.json"])

@@ -11,6 +11,7 @@ from clover2.cli import main
 from clover2.engine.decoding import DecodeConfig, generate
 from clover2.engine.target import Target
 from clover2.errors import Clover2Error
+from clover2.heads.acceptance import ACCEPTANCE, PROBE_DEPTH, load_acceptance
 from clover2.heads.directory import load_head
 from clover2.targets import load_target
 from clover2.training.loop import TrainConfig, train
@@ -100,7 +101,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_target, tmp_path,
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # steps 1-3, the held-out pass at step 3, step 4, then the interrupt
+        if calls["n"] == 7:  # steps 1-3, the held-out pass at step 3 (read for losses, then acceptance), step 4, interrupt
             raise KeyboardInterrupt
         return real_batch(*args, **kwargs)
 
@@ -123,6 +124,11 @@ def test_trained_head_loads_and_decodes_losslessly(tiny_target, tmp_path):
     data = _sharegpt(tmp_path / "train.jsonl.gz", CHATS)
     out = train(tiny_target, data, tmp_path / "head", _config(max_steps=4))
     head = load_head(out, tiny_target.model)
+    profile = load_acceptance(out / ACCEPTANCE)  # the held-out profile at the last step, as every evaluation logs it
+    assert profile.depth == PROBE_DEPTH and 0 < profile.positions <= TrainConfig.acceptance_positions
+    assert json.loads((out / ACCEPTANCE).read_text())["step"] == 4
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["heldout"]["acceptance"]["positions"] for r in log if "heldout" in r] == [profile.positions] * 2
     prompt = tiny_target.tokenizer.encode("Say hello.")
     plain = generate(tiny_target.model, prompt, DecodeConfig(max_new_tokens=20), [0])
     assert generate(tiny_target.model, prompt, DecodeConfig(max_new_tokens=20), [0], drafter=head.drafter()).tokens == plain.tokens

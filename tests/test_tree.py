@@ -1,6 +1,7 @@
 """Tree buffers (static trees, chains, parent lists) and EAGLE-2's dynamic tree."""
 
 import itertools
+import json
 import random
 import re
 
@@ -14,6 +15,7 @@ from clover2.engine.tree import (
     grow_dynamic_tree,
     official_eagle2_settings,
     static_tree,
+    tree_paths,
 )
 from clover2.errors import Clover2Error
 
@@ -86,6 +88,24 @@ def test_medusa_tree() -> None:
     leaves = [p for p in paths if not any(len(q) == len(p) + 1 and q[:-1] == p for q in paths)]
     assert tree.retrieve.shape == (len(leaves), 5) == (42, 5)
     assert_consistent(tree)
+
+
+def test_a_tree_file_names_its_paths_and_errors_name_the_file(tmp_path) -> None:
+    chosen = tmp_path / "tree.json"
+    chosen.write_text(json.dumps({"paths": [[0], [1], [0, 0]], "predicted_tau": 1.7}))
+    assert tree_paths(str(chosen)) == [[0], [1], [0, 0]]
+    assert static_tree(str(chosen)).parents.tolist() == [-1, 0, 0, 1]
+    chosen.write_text(json.dumps({"paths": [[0], [0, 0, 1]]}))
+    with pytest.raises(Clover2Error, match=r"tree.json: field 'paths': tree path \[0, 0, 1\]: its parent path"):
+        static_tree(str(chosen))
+    chosen.write_text(json.dumps({"nodes": 3}))
+    with pytest.raises(Clover2Error, match="tree.json: cannot read a tree's field 'paths'"):
+        static_tree(str(chosen))
+    chosen.write_text(json.dumps({"paths": [0, 1]}))
+    with pytest.raises(Clover2Error, match="field 'paths' must be a list of lists of ranks"):
+        static_tree(str(chosen))
+    with pytest.raises(Clover2Error, match="unknown static tree 'eagle_top_9'.*or a .json file"):
+        static_tree("eagle_top_9")
 
 
 def test_path_order_does_not_matter_and_ranks_are_the_drafters() -> None:

@@ -15,11 +15,15 @@ from clover2.errors import Clover2Error
 from clover2.reporting.tables import build_tables
 from clover2.workflow import (
     ablation_report_flags,
+    calibrate_flags,
     check_config,
     job_resources,
+    method_flags,
+    planned_methods,
     stage_times,
     train_flags,
     train_launcher,
+    tree_files,
 )
 from workflow_runs import ROOT, job_counts, snakemake
 from workflow_runs import config as _config
@@ -42,13 +46,27 @@ def test_every_config_builds_its_whole_dag(name, tmp_path):
     assert counts["target"] == counts["questions"] == counts["report"] == counts["all"] == 1
     swept = (config.get("sweep") or {"methods": {}})["methods"].values()  # one job per method and value
     assert counts.get("sweep", 0) == sum(len(values) for options in swept for values in options.values())
+    planned = planned_methods(config)  # one calibration for every head that drafts a chosen tree, one choice each
+    assert counts.get("calibrate", 0) == (1 if planned else 0) and counts.get("choose_tree", 0) == len(planned)
 
 
-def test_the_default_dag_has_at_most_55_jobs(tmp_path):
+def test_a_chosen_tree_is_passed_to_the_bench_as_its_file_and_a_fixed_one_by_name():
+    config = _config("default")
+    flags = method_flags(config, ["eagle", "eagle2"])
+    assert "--draft-option eagle:tree=results/smollm2-135m-instruct/trees/eagle.json" in flags
+    assert "--draft-option eagle2:total_tokens=8" in flags
+    assert tree_files(config, ["eagle", "eagle2"]) == ["results/smollm2-135m-instruct/trees/eagle.json"]
+    assert method_flags(config, ["eagle"], {"tree": "chain_3"}).endswith("--draft-option eagle:tree=chain_3")
+    assert tree_files(config, ["eagle"], {"tree": "chain_3"}) == []
+    assert set(planned_methods(config)) == {"medusa", "clover", "eagle", "clover2"}
+    assert "--head eagle=results/smollm2-135m-instruct/heads/eagle" in calibrate_flags(config)
+
+
+def test_the_default_dag_has_at_most_65_jobs(tmp_path):
     result = snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = job_counts(result.stdout)
-    assert counts["total"] <= 55
+    assert counts["total"] <= 65
     variants = _config("default")["ablation"]["variants"]
     assert counts["train_ablation"] == len(variants) and counts["bench_ablation"] == len(variants) + 1  # + the full method
 
@@ -128,6 +146,7 @@ REFUSED_VALUES = {
     "an unknown schedule of one head": ("heads.eagle", {"schedule": "bogus"}, "heads.eagle.schedule"),
     "a draft vocabulary larger than the target's": ("training.options.draft_vocab", 100000, "training.options.draft_vocab"),
     "an unknown top-level key": ("bogus_key", 3, "(the top level)"),
+    "a chosen value for a dynamic tree": ("methods.eagle2.drafting", {"total_tokens": "auto"}, "methods.eagle2.drafting.total_tokens"),
 }
 
 
@@ -246,6 +265,15 @@ def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
     assert {row["method"] for row in ablation_rows} == {"clover2", "vanilla"}
     assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
+    for method in planned_methods(config):  # tree: auto, end to end: profile, costs, choice, benches that decode it
+        assert (root / "heads" / method / "acceptance.json").is_file()
+        chosen = json.loads((root / "trees" / f"{method}.json").read_text())
+        assert chosen["inputs"]["costs"].endswith("costs.json") and chosen["predicted"]["tau"] >= 1.0
+        rows = [json.loads(line) for line in (root / "bench/mt_bench/T0.jsonl").read_text().splitlines()]
+        options = {option for row in rows if row["method"] == method for option in row["provenance"]["config"]["draft_option"]
+                   if option.startswith(f"{method}:")}
+        assert options == {f"{method}:tree=results/{config['target']['name']}/trees/{method}.json"}
+    assert "Trees chosen for this machine" in latex
 
 
 def test_ablation_report_flags_list_every_variant_under_one_flag_each():

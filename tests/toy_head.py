@@ -46,15 +46,18 @@ class ToyHead(DraftHead):
         top1, top5, counted = topk_hits(logits, batch.teacher_logits[:, 1:-1], scored, self.vocab.ids)
         return HeadLoss(total, {"ce": float(total.detach())}, [top1], [top5], [counted])
 
-    def drafter(self) -> ToyDrafter:
-        return ToyDrafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> ToyDrafter:
+        return ToyDrafter(self, tree or self.shape)
+
+    def deepest_tree(self) -> int:
+        return 1
 
 
 class ToyDrafter:
     needs_states = True
 
-    def __init__(self, head: ToyHead) -> None:
-        self.head, self.h = head, None
+    def __init__(self, head: ToyHead, shape: TreeShape) -> None:
+        self.head, self.shape, self.h = head, shape, None
 
     def prefill(self, prompt: torch.Tensor, states: TargetStates | None) -> None:
         self.h = states.h[-1]
@@ -65,5 +68,5 @@ class ToyDrafter:
     @torch.inference_mode()
     def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
         logits = self.head.vocab.spread(self.head.next_next(self.h))
-        tokens, _, probs = grow_static_tree(self.head.shape, root, logits, None, temperature, generator)
-        return DraftTree(tokens, self.head.shape, torch.zeros(self.head.shape.size), probs)
+        tokens, _, probs = grow_static_tree(self.shape, root, logits, None, temperature, generator)
+        return DraftTree(tokens, self.shape, torch.zeros(self.shape.size), probs)

@@ -2,7 +2,8 @@
 
 One module per verb group, each verb's parser beside its handler: `data` (prepare-target,
 questions, tasks), `decode` (bench, check-lossless), `train` (train, cache-teacher), `measure`
-(kernels-bench, step-cost), `report` (report, paper-pdf, stage-times).
+(kernels-bench, step-cost), `plan` (acceptance,
+calibrate, choose-tree), `report` (report, paper-pdf, stage-times).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clover2.cli import data, decode, measure, report, train
+from clover2.cli import data, decode, measure, plan, report, train
 from clover2.errors import Clover2Error
 
-GROUPS = (data, decode, train, measure, report)
+GROUPS = (data, decode, train, measure, plan, report)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ def _add_report(verbs: argparse._SubParsersAction) -> None:
     report.add_argument("--target-name", default="", help="this run's target, as named in the published CSV")
     report.add_argument("--sweep", type=Path, nargs="*", default=[], help="bench files of a tree-size sweep (--draft-option runs)")
     report.add_argument("--step-cost", type=Path, nargs="*", default=[], help="clover2 step-cost files (JSON)")
+    report.add_argument("--trees", type=Path, nargs="*", default=[], help="clover2 choose-tree files (JSON)")
     report.add_argument("--ablation-bench", nargs="*", default=[], metavar="NAME=FILE",
                         help="each ablation variant's bench file (T = 0, baseline interleaved), the full method first")
     report.add_argument("--ablation-heads", nargs="*", default=[], metavar="NAME=DIR", help="each ablation variant's head")
@@ -46,7 +47,7 @@ def _report(args: argparse.Namespace) -> None:
     questions = [question for path in args.questions for question in read_questions(path)]
     tables, stats = build_tables(
         args.bench, args.lossless, args.heads, args.baseline, questions, published, args.target_name, args.sweep,
-        args.step_cost, _ablation(args.ablation_bench, args.ablation_heads), TASKS,
+        args.step_cost, _ablation(args.ablation_bench, args.ablation_heads), TASKS, args.trees,
     )
     write_tables(tables, args.out, args.markdown)
     if args.paper:

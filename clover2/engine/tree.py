@@ -8,9 +8,11 @@ siblings are stored in rank order (METHODS.md §4-§5).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -207,11 +209,29 @@ def _retrieve_paths(parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor
     return retrieve
 
 
-def static_tree(name: str) -> TreeShape:
-    """A named static tree from METHODS.md §5."""
-    if name not in STATIC_TREES:
-        raise Clover2Error(f"unknown static tree {name!r}; known: {', '.join(sorted(STATIC_TREES))}")
-    return TreeShape.from_paths(STATIC_TREES[name])
+def tree_paths(tree: str) -> list[list[int]]:
+    """The rank paths of a static tree: a name from METHODS.md §5, or a `.json` file whose field
+    `paths` lists them (what `clover2 choose-tree` writes for a head on this machine)."""
+    if tree in STATIC_TREES:
+        return STATIC_TREES[tree]
+    if not str(tree).endswith(".json"):
+        raise Clover2Error(f"unknown static tree {tree!r}; known: {', '.join(sorted(STATIC_TREES))}, or a .json file")
+    try:
+        paths = json.loads(Path(tree).read_text(encoding="utf-8"))["paths"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise Clover2Error(f"{tree}: cannot read a tree's field 'paths' ({type(error).__name__}: {error})") from None
+    if not isinstance(paths, list) or not all(isinstance(p, list) and all(isinstance(r, int) for r in p) for p in paths):
+        raise Clover2Error(f"{tree}: field 'paths' must be a list of lists of ranks, e.g. [[0], [1], [0, 0]]")
+    return paths
+
+
+def static_tree(tree: str) -> TreeShape:
+    """A static tree by name or file (`tree_paths`); a file's errors name the file."""
+    paths = tree_paths(tree)
+    try:
+        return TreeShape.from_paths(paths)  # named trees are valid: only a file's paths can fail here
+    except Clover2Error as error:
+        raise Clover2Error(f"{tree}: field 'paths': {error}") from None
 
 
 def random_tree(size: int, seed: int, max_width: int = 12) -> TreeShape:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.engine.drafter import TargetStates, grow_static_tree
-from clover2.engine.tree import DraftTree, static_tree
+from clover2.engine.tree import DraftTree, TreeShape, static_tree
 from clover2.errors import Clover2Error
 from clover2.heads.blocks import ResBlock, check_heads
 from clover2.heads.losses import cross_entropy, smooth_l1, soft_cross_entropy, topk_hits
@@ -33,6 +33,7 @@ from clover2.heads.protocol import (
     decoder_layer,
     register,
     run_layers,
+    static_drafter,
 )
 
 
@@ -227,8 +228,12 @@ class Clover2Head(DraftHead):
             loss = loss + self.options["regression_weight"] * terms["regression"]
         return loss, terms
 
-    def drafter(self) -> Clover2Drafter:
-        return Clover2Drafter(self)
+    def drafter(self, tree: TreeShape | None = None) -> Clover2Drafter:
+        return static_drafter(Clover2Drafter, self, tree or static_tree(self.options["tree"]))
+
+    def deepest_tree(self) -> int | None:
+        """Per-head MLPs draft one level each; the weight-tied AD projector unrolls as deep as asked."""
+        return self.options["heads"] if self.options["output_projector"] == "mlp" else None
 
 
 class Clover2Drafter:
@@ -236,11 +241,10 @@ class Clover2Drafter:
 
     needs_states = True
 
-    def __init__(self, head: Clover2Head) -> None:
-        self.head = head
-        self.shape = static_tree(head.options["tree"])
-        if head.options["output_projector"] == "mlp" and self.shape.max_depth > head.options["heads"]:
-            raise Clover2Error(f"clover2: tree {head.options['tree']} is {self.shape.max_depth} deep, but per-head MLPs "
+    def __init__(self, head: Clover2Head, shape: TreeShape) -> None:
+        self.head, self.shape = head, shape
+        if head.deepest_tree() is not None and shape.max_depth > head.deepest_tree():
+            raise Clover2Error(f"clover2: a tree {shape.max_depth} deep, but per-head MLPs "
                                f"draft only {head.options['heads']} levels (option heads)")
         self.cache = DynamicCache()
         self.pending_u = torch.empty(0)

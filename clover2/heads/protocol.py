@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.engine.drafter import Drafter
+from clover2.engine.drafter import Drafter, NoDrafter
+from clover2.engine.tree import TreeShape
 from clover2.errors import Clover2Error
 from clover2.heads.draft_vocab import draft_vocab
 
@@ -77,9 +79,20 @@ class DraftHead(nn.Module):
         # Training calls the module itself, so wrappers such as DDP see the forward and sync gradients.
         return self.loss(batch)
 
-    def drafter(self) -> Drafter:
-        """A drafter that proposes trees with this head (its tree settings come from the options)."""
+    def drafter(self, tree: TreeShape | None = None) -> Drafter:
+        """A drafter that proposes trees with this head: its options' tree, or the static `tree` given
+        (the acceptance probe and the tree optimiser draft trees the options do not name)."""
         raise NotImplementedError
+
+    def deepest_tree(self) -> int | None:
+        """The deepest static tree this head can draft (one level per head for head sets); None: any."""
+        return None
+
+
+def static_drafter(drafter: Callable[[DraftHead, TreeShape], Drafter], head: DraftHead, shape: TreeShape) -> Drafter:
+    """`drafter(head, shape)`, or plain decoding's for a tree of the root alone (a tree chosen as "no
+    drafting"): the head then costs nothing per step instead of drafting a tree no one verifies."""
+    return drafter(head, shape) if shape.size > 1 else NoDrafter()
 
 
 LAYER_INITS = ("random", "copy")

@@ -62,6 +62,7 @@ class Records:
     swept: pd.DataFrame | None = None  # the tree-size sweep's bench rows
     step_cost: Sequence[Path] = ()
     ablation: tuple[dict[str, Path], dict[str, Path]] | None = None  # variant -> bench file, variant -> head
+    trees: Sequence[Path] = ()  # clover2 choose-tree files: the trees chosen for this machine, with their predictions
 
     def label(self, task: str) -> str:
         spec = self.tasks.get(task)
@@ -257,6 +258,48 @@ def step_cost_table(records: Records) -> pd.DataFrame | None:
     return table
 
 
+def tree_choice_table(records: Records) -> pd.DataFrame | None:
+    """Per method that drafted a chosen tree: the tree, and the prediction beside the benches' T = 0 measurement.
+
+    τ is tokens per speculative step (the prefill's token apart), as predicted; the speedup after the
+    prefill compares tokens/s over the steps alone, as the prediction does; the whole-turn speedup is
+    the main table's, over all the method's T = 0 questions.
+    """
+    rows = []
+    for path in records.trees:
+        chosen = read_json(Path(path))
+        try:
+            method, predicted = chosen["inputs"]["head"], chosen["predicted"]
+        except (KeyError, TypeError) as error:
+            raise Clover2Error(f"{path}: not a clover2 choose-tree file (no {error})") from None
+        frame = records.frame[(records.frame["temperature"] == 0)
+                              & records.frame["method"].isin([method, records.baseline])]
+        ours = frame[frame["method"] == method]
+        if ours.empty:
+            continue
+        stepped = [n for lengths in ours["step_lengths"] for n in lengths]
+        rows.append({"method": method, "nodes": predicted["nodes"], "depth": predicted["depth"],
+                     "τ predicted": predicted["tau"], "τ measured": sum(stepped) / len(stepped) if stepped else 1.0,
+                     "speedup predicted": predicted["speedup"], "after prefill": _decode_speedup(frame, method, records.baseline),
+                     "whole turns": speedups(paired(frame, records.baseline))["speedup"],
+                     "acceptance needed": _needed(chosen) if not predicted["nodes"] else ""})
+    return pd.DataFrame(rows).set_index("method").round(2) if rows else None
+
+
+def _needed(chosen: dict) -> str:
+    """How much more acceptance a tree would need to pay: never (inf) when the head accepts nothing at all."""
+    factor = float(chosen["needed_acceptance"])
+    return f"{factor:.1f}×" if factor != float("inf") else "none accepted"
+
+
+def _decode_speedup(frame: pd.DataFrame, method: str, baseline: str) -> float:
+    """Tokens/s after each turn's prefill (which emits a turn's first token), the method's over the baseline's."""
+    def speed(rows: pd.DataFrame) -> float:
+        tokens = rows["new_tokens"].sum() - rows["answers"].map(len).sum()
+        return tokens / (rows["wall_seconds"].sum() - rows["prefill_seconds"].sum())
+    return float(speed(frame[frame["method"] == method]) / speed(frame[frame["method"] == baseline]))
+
+
 ABLATION_LABELS = {"extraction_order": "order", "output_projector": "projector", "augmenting_layers": "AB layers",
                    "distillation": "loss"}
 
@@ -316,6 +359,11 @@ TABLES = (
     Table("verify_cost", "Milliseconds per verification (the target's forward over the tree) against the tokens it verifies "
           "(drafted nodes + root; 1 token: a plain decoding step), over every step of the bench and sweep runs, "
           "and that time over a one-token step's", SPEED, verify_cost_table, in_run_dtype=True),
+    Table("tree_choice", "Trees chosen for this machine (tree: auto): each head's tree from its held-out acceptance profile "
+          "and the calibrate job's costs, the predicted τ (tokens per speculative step) and speedup beside the T = 0 benches' "
+          "(after prefill: tokens/s over the speculative steps, as predicted; whole turns: the main table's speedup over all "
+          "tasks); acceptance needed: for a head given no tree, the factor on its acceptance at which one would pay",
+          SPEED, tree_choice_table, in_run_dtype=True),
     Table("step_cost", "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
           "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (only the costs mean anything: "
           "a random target often repeats itself, so an untrained head's τ says nothing about a trained one's); plain = plain "
@@ -359,12 +407,13 @@ def build_tables(
     step_cost: Sequence[Path] = (),
     ablation: tuple[dict[str, Path], dict[str, Path]] | None = None,
     tasks: Mapping[str, TaskColumns] | None = None,
+    trees: Sequence[Path] = (),
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
     frame = read_bench(bench)
     swept = read_bench(sweep) if sweep else None
     records = Records(frame, summary(frame, baseline), baseline, tasks or {}, lossless, heads, questions, published, target,
-                      swept, step_cost, ablation)
+                      swept, step_cost, ablation, trees)
     dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
     tables = {}
     for spec in TABLES:

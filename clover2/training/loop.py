@@ -26,6 +26,7 @@ from transformers import SchedulerType, get_scheduler
 from clover2.atomic import atomic_write_text, complete_json_lines
 from clover2.engine.target import Target
 from clover2.errors import Clover2Error
+from clover2.heads.acceptance import ACCEPTANCE, head_acceptance
 from clover2.heads.directory import LOG, RUN, save_head
 from clover2.heads.draft_vocab import frequent_tokens
 from clover2.heads.protocol import HeadLoss, head_class
@@ -61,6 +62,7 @@ class TrainConfig:
     schedule: str | None = None
     clip_value: float = 0.5
     eval_every: int = 200
+    acceptance_positions: int = 256  # held-out positions the acceptance profile drafts from, per evaluation
     checkpoint_every: int = 200
     seed: int = 0
     teacher_cache: str | None = None  # a directory from `clover2 cache-teacher`; None: the target runs online
@@ -125,10 +127,13 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
 
     def evaluate() -> dict:
         head.eval()
+        batches = lambda: (batch_of(b) for b in _batches(heldout, config.batch_size, 0, 0))  # noqa: E731 - read twice, held never
         with torch.no_grad():
-            results = [head(batch_of(b)) for b in _batches(heldout, config.batch_size, 0, 0)]
+            results = [head(batch) for batch in batches()]
+        profile = head_acceptance(accelerator.unwrap_model(head), batches(), config.acceptance_positions)
         head.train()
-        return {"loss": sum(float(r.total) for r in results) / len(results), **_accuracy(results)}
+        return {"loss": sum(float(r.total) for r in results) / len(results), **_accuracy(results),
+                "acceptance": profile.to_json()}
 
     started = time.monotonic()
     main = accelerator.is_main_process  # with several processes, only the first writes files
@@ -159,7 +164,8 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
                 _checkpoint(accelerator, work, step)
                 accelerator.wait_for_everyone()  # the swapped-in checkpoint exists for every process
         if "heldout" not in record:
-            log.write(json.dumps({"step": step, "heldout": evaluate()}) + "\n")
+            record = {"step": step, "heldout": evaluate()}
+            log.write(json.dumps(record) + "\n")
     finally:
         log.close()
         progress.close()
@@ -167,7 +173,8 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
         training = {"config": asdict(config), "steps": step, "seconds": round(time.monotonic() - started, 1),
                     "examples": len(examples), "heldout": len(heldout), "processes": world,
                     "resumed_from": _resumes(work)}
-        extra = {LOG: (work / LOG).read_text(encoding="utf-8"), RUN: json.dumps(training, indent=2) + "\n"}
+        extra = {LOG: (work / LOG).read_text(encoding="utf-8"), RUN: json.dumps(training, indent=2) + "\n",
+                 ACCEPTANCE: json.dumps({**record["heldout"]["acceptance"], "step": step}, indent=2) + "\n"}
         save_head(accelerator.unwrap_model(head), out, target.identity, extra)
         shutil.rmtree(work)
         print(f"head ready: {out}", flush=True)

@@ -13,6 +13,7 @@ METHOD_HEADS = sorted(set(wf.method_heads(config, METHODS).values()))
 rule bench:
     input:
         heads=METHOD_HEADS,
+        trees=wf.tree_files(config, METHODS),
         target=f"{TARGET}/target",
         questions=wf.question_file("{task}"),
     output:
@@ -39,6 +40,7 @@ rule bench:
 rule lossless:
     input:
         heads=METHOD_HEADS,
+        trees=wf.tree_files(config, METHODS),
         target=f"{TARGET}/target",
         questions=wf.question_file("{task}"),
     output:
@@ -69,6 +71,7 @@ SWEEP_TASKS = (config.get("sweep") or {}).get("tasks", [])
 use rule bench as sweep with:
     input:
         heads=lambda w: sorted(wf.method_heads(config, [w.method]).values()),
+        trees=lambda w: wf.tree_files(config, [w.method], {w.option: w.value}),
         target=f"{TARGET}/target",
         questions=[wf.question_file(task) for task in SWEEP_TASKS],
     output:
@@ -112,6 +115,7 @@ ABLATION_TASKS = (config.get("ablation") or {}).get("tasks", [])
 use rule bench as bench_ablation with:
     input:
         heads=lambda w: [wf.ablation_head_dir(config, w.variant)],
+        trees=wf.tree_files(config, [ABLATION_METHOD]) if ABLATION_METHOD else [],
         target=f"{TARGET}/target",
         questions=[wf.question_file(task) for task in ABLATION_TASKS],
     output:

@@ -12,6 +12,7 @@ rule report:
         sweep=wf.sweep_files(config),
         step_cost=wf.step_cost_files(config),
         ablation=wf.ablation_files(config),
+        trees=wf.tree_files(config, list(config["methods"])),
     output:
         latex="results/tables.tex",
         markdown="results/tables.md",
@@ -27,7 +28,7 @@ rule report:
         "results/benchmarks/report.tsv",
     shell:
         "clover2 report --bench {input.bench} --lossless {input.lossless} --heads {input.heads} "
-        "--questions {input.questions} --sweep {input.sweep} --step-cost {input.step_cost} {params.ablation} {params.published} --target-name {params.target} "
+        "--questions {input.questions} --sweep {input.sweep} --step-cost {input.step_cost} --trees {input.trees} {params.ablation} {params.published} --target-name {params.target} "
         "--baseline {params.baseline} --out {output.latex} --markdown {output.markdown} --paper paper > {log} 2>&1"
 
 
