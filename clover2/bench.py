@@ -92,27 +92,36 @@ def run(
     config: DecodeConfig,
     provenance: dict,
     warmup: int = 3,
-    done: Collection[tuple[str, str]] = (),
+    done: Collection[tuple[str, str, int]] = (),
     skipped: list[str] | None = None,
+    aa: tuple[Run, int] | None = None,
 ) -> Iterator[dict]:
-    """Yield one result row per (question, run), with a progress bar; skip the (question id, method) pairs in `done`.
+    """Yield one result row per (question, run), with a progress bar; skip the (question id, method,
+    replicate) triples in `done`.
 
     Every run decodes each question in this process, the order rotating from question to question,
     so the speed ratio of any two runs (a method and the plain baseline) is measured under the same
-    conditions at the same time, and no run always goes first. A question's rows come together once
-    every run has decoded it: a later turn whose prompt (grown by the earlier answers) leaves no room
-    is an error, or, when `skipped` is a list, drops the question from every run with its reason there.
+    conditions at the same time, and no run always goes first. `aa` = (the baseline's run, N): the
+    baseline decodes the first N questions a second time in the rotation (rows marked replicate 1), so
+    the report can say how far apart two runs of the same method come out (the A/A check). A question's
+    rows come together once every run has decoded it: a later turn whose prompt (grown by the earlier
+    answers) leaves no room is an error, or, when `skipped` is a list, drops the question from every run
+    with its reason there.
     """
     if questions and warmup:
         for _, run_decode in runs:
             warm_up(target, run_decode, questions[0], config, warmup)
     tasks = ",".join(dict.fromkeys(q.task for q in questions)) or "-"
     for index, question in enumerate(tqdm(questions, desc=f"{len(runs)} runs on {tasks}", unit="q")):
-        shift = index % len(runs)
+        rotation = [(name, decode, 0) for name, decode in runs]
+        if aa is not None and index < aa[1]:
+            rotation.append((*aa[0], 1))
+        shift = index % len(rotation)
         try:
             rows = [bench_row(question.task, question.question_id, question.category, name,
-                              decode_question(target, run_decode, question, config), provenance)
-                    for name, run_decode in [*runs[shift:], *runs[:shift]] if (question.question_id, name) not in done]
+                              decode_question(target, run_decode, question, config), provenance, replicate)
+                    for name, run_decode, replicate in [*rotation[shift:], *rotation[:shift]]
+                    if (question.question_id, name, replicate) not in done]
         except LongPrompt as error:
             if skipped is None:
                 raise

@@ -9,15 +9,17 @@ a step's kept tokens, first rejected depth and tree size cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clover2.options import key_values, method_option
 
 
-def bench_row(task: str, question_id: str, category: str, method: str, turns: list[dict], provenance: dict) -> dict:
-    """The record of one question decoded by one method, as `clover2 bench` writes it."""
+def bench_row(task: str, question_id: str, category: str, method: str, turns: list[dict], provenance: dict,
+              replicate: int = 0) -> dict:
+    """The record of one question decoded by one method, as `clover2 bench` writes it; `replicate` 1 marks
+    the baseline's second decode of a question (the A/A noise check), which readers keep apart."""
     return {"task": task, "question_id": question_id, "category": category, "method": method, "turns": turns,
-            "provenance": provenance}
+            "provenance": provenance, **({"replicate": replicate} if replicate else {})}
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,32 @@ class RunSettings:
     dtype: str
     repeat: int
     drafting: dict  # the drafting options the job changed for this row's method (--draft-option), parsed
+    head: str | None = None  # the head directory this row's method drafted with (--head)
+    chosen_trees: dict = field(default_factory=dict)  # tree file -> its chosen tree and prediction (clover2 choose-tree)
 
     @classmethod
     def from_config(cls, config: dict, method: str) -> RunSettings:
         return cls(float(config["temperature"]), config["dtype"], int(config.get("repeat", 0)),
-                   drafting_options(config.get("draft_option") or [], method))
+                   drafting_options(config.get("draft_option") or [], method), _head_of(config.get("head") or [], method),
+                   config.get("chosen_trees") or {})
 
     @property
     def drafting_label(self) -> str:
-        return " ".join(f"{key}={value}" for key, value in self.drafting.items())
+        """The drafting options as KEY=VALUE; a chosen tree's file as what it holds."""
+        return " ".join(f"{key}={self._value_label(value)}" for key, value in self.drafting.items())
+
+    def _value_label(self, value) -> str:
+        predicted = self.chosen_trees.get(value, {}).get("predicted")
+        return f"chosen ({predicted['nodes']} nodes)" if predicted else str(value)
+
+
+def _head_of(pairs: list[str], method: str) -> str | None:
+    """--head [METHOD=]DIR: the directory of `method`'s head (a bare DIR is the only method's)."""
+    for pair in pairs:
+        owner, sep, directory = pair.partition("=")
+        if not sep or owner == method:
+            return directory if sep else owner
+    return None
 
 
 def drafting_options(pairs: list[str], method: str) -> dict:
@@ -88,10 +107,11 @@ class BenchRow:
     method: str
     settings: RunSettings
     turns: list[BenchTurn]
+    replicate: int = 0  # 1: the baseline decoding a question a second time (the A/A check)
 
     @classmethod
     def from_json(cls, row: dict) -> BenchRow:
         """The typed row; KeyError, TypeError or ValueError when `row` is not a bench record."""
         settings = RunSettings.from_config(row["provenance"]["config"], row["method"])
         turns = [BenchTurn.from_json(turn) for turn in row["turns"]]
-        return cls(row["task"], row["question_id"], row["category"], row["method"], settings, turns)
+        return cls(row["task"], row["question_id"], row["category"], row["method"], settings, turns, int(row.get("replicate", 0)))

@@ -39,11 +39,13 @@ def check_config(config: dict) -> None:
         raise Clover2Error(f"config key 'baseline': {config['baseline']!r} is not a method without a head ({', '.join(METHODS)})")
     if config["baseline"] in config["methods"]:
         raise Clover2Error(f"config key 'methods.{config['baseline']}': the baseline runs in every bench job; do not list it")
-    for method, settings in config["methods"].items():
+    for name, settings in config["methods"].items():
+        method = decodes_as(config, name)
         if method not in known_methods:
-            raise Clover2Error(f"config key 'methods.{method}': unknown method; known: {', '.join(known_methods)}")
-        _check_head(method, (settings or {}).get("head"), config["heads"])
-        _check_drafting(f"methods.{method}.drafting", method, drafting_options(config, method))
+            key = f"methods.{name}" + (".method" if method != name else "")
+            raise Clover2Error(f"config key '{key}': unknown method {method!r}; known: {', '.join(known_methods)}")
+        _check_head(name, method, (settings or {}).get("head"), config["heads"])
+        _check_drafting(f"methods.{name}.drafting", method, drafting_options(config, name))
     for head in config["heads"]:
         if head not in head_methods():
             raise Clover2Error(f"config key 'heads.{head}': not a trainable head; known: {', '.join(head_methods())}")
@@ -59,7 +61,7 @@ def check_config(config: dict) -> None:
         _check_training(config, head)
         _check_options(lambda option, h=head: _option_key(config, h, option), head, head_options(config, head), vocab_size)
     if config.get("sweep"):
-        _check_sweep(config["sweep"], config["methods"])
+        _check_sweep(config["sweep"], config)
     _check_drafting_values(config, vocab_size)
     if config.get("ablation"):
         _check_ablation(config["ablation"], config, vocab_size)
@@ -140,24 +142,24 @@ def _under(key: str):
 def _check_drafting_values(config: dict, vocab_size: int | None) -> None:
     """Each drafting value a bench, losslessness or sweep job decodes with, on the head it loads."""
     sweep = (config.get("sweep") or {}).get("methods", {})
-    for method in config["methods"]:
-        head = head_of(config, method)
+    for name in config["methods"]:
+        head, method = head_of(config, name), decodes_as(config, name)
         if head is None:
             continue
         trained = head_options(config, head)
         own = trained if head == method else head_class(method).options_from(head, trained)
-        drafting = {k: v for k, v in drafting_options(config, method).items() if v != AUTO}  # a chosen tree is always valid
-        _check_options(_under(f"methods.{method}.drafting"), method, own | drafting, vocab_size, drafting)
-        for option, values in (sweep.get(method) or {}).items():
+        drafting = {k: v for k, v in drafting_options(config, name).items() if v != AUTO}  # a chosen tree is always valid
+        _check_options(_under(f"methods.{name}.drafting"), method, own | drafting, vocab_size, drafting)
+        for option, values in (sweep.get(name) or {}).items():
             for value in values:
                 if value == AUTO:
                     continue
-                _check_options(lambda _, key=f"sweep.methods.{method}.{option}": key, method,
+                _check_options(lambda _, key=f"sweep.methods.{name}.{option}": key, method,
                                own | drafting | {option: value}, vocab_size, {option: value})
 
 
-def _check_head(method: str, head: str | None, heads: dict) -> None:
-    key = f"methods.{method}.head"
+def _check_head(name: str, method: str, head: str | None, heads: dict) -> None:
+    key = f"methods.{name}.head"
     if method in METHODS:
         if head is not None:
             raise Clover2Error(f"config key '{key}': {method} drafts without a trained head")
@@ -186,12 +188,12 @@ def _check_drafting(key: str, method: str, options: dict) -> None:
             raise Clover2Error(f"config key '{key}.{option}': only a static tree can be chosen for the machine ({option}: {AUTO})")
 
 
-def _check_sweep(sweep: dict, methods: dict) -> None:
-    for method, options in sweep["methods"].items():
-        key = f"sweep.methods.{method}"
-        if method not in methods or method in METHODS:
-            raise Clover2Error(f"config key '{key}': {method!r} is not a key of 'methods' that drafts with a trained head")
-        _check_drafting(key, method, options)
+def _check_sweep(sweep: dict, config: dict) -> None:
+    for name, options in sweep["methods"].items():
+        key = f"sweep.methods.{name}"
+        if name not in config["methods"] or decodes_as(config, name) in METHODS:
+            raise Clover2Error(f"config key '{key}': {name!r} is not a key of 'methods' that drafts with a trained head")
+        _check_drafting(key, decodes_as(config, name), options)
 
 
 def _check_ablation(ablation: dict, config: dict, vocab_size: int | None) -> None:
@@ -287,6 +289,12 @@ def head_of(config: dict, method: str) -> str | None:
     return (config["methods"][method] or {}).get("head")
 
 
+def decodes_as(config: dict, name: str) -> str:
+    """The registered method a key of 'methods' decodes with: its `method`, or the key itself (a second
+    key for one head, e.g. eagle_top8: {method: eagle, ...}, benches another tree of it in the same jobs)."""
+    return (config["methods"].get(name) or {}).get("method", name)
+
+
 def _root(config: dict) -> str:
     return f"results/{config['target']['name']}"
 
@@ -348,7 +356,8 @@ def method_flags(config: dict, methods: list[str], changes: dict | None = None, 
     heads = method_heads(config, methods) | (heads or {})
     drafting = [f"--draft-option {m}:{key}={tree_file(config, m) if value == AUTO else value}"
                 for m in heads for key, value in (drafting_options(config, m) | (changes or {})).items()]
-    return " ".join([*(f"--method {m}" for m in methods), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
+    named = [m if decodes_as(config, m) == m else f"{m}={decodes_as(config, m)}" for m in methods]
+    return " ".join([*(f"--method {m}" for m in named), *(f"--head {m}={d}" for m, d in heads.items()), *drafting])
 
 
 def bench_questions(config: dict, temperature: str | float) -> int:

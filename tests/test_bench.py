@@ -26,8 +26,8 @@ def runs():
     return [("vanilla", generate), ("prompt-lookup", partial(generate, drafter=PromptLookupDrafter(length=4)))]
 
 
-def _run(smollm2, runs, questions, provenance, done=()):
-    return bench.run(smollm2, runs, questions, CONFIG, provenance, warmup=0, done=done)
+def _run(smollm2, runs, questions, provenance, done=(), aa=None):
+    return bench.run(smollm2, runs, questions, CONFIG, provenance, warmup=0, done=done, aa=aa)
 
 
 def test_each_question_is_decoded_once_per_method_in_rotating_order(smollm2, runs):
@@ -36,6 +36,39 @@ def test_each_question_is_decoded_once_per_method_in_rotating_order(smollm2, run
     ids = [q.question_id for q in load_questions("qa", limit=3)]
     assert order == [(ids[0], "vanilla"), (ids[0], "prompt-lookup"), (ids[1], "prompt-lookup"),
                      (ids[1], "vanilla"), (ids[2], "vanilla"), (ids[2], "prompt-lookup")]
+
+
+def test_the_baseline_decodes_the_first_questions_a_second_time_in_the_rotation(smollm2, runs):
+    questions = load_questions("qa", limit=3)
+    rows = list(_run(smollm2, runs, questions, {"config_hash": "h"}, aa=(runs[0], 2)))
+    ids = [q.question_id for q in questions]
+    order = [(row["question_id"], row["method"], row.get("replicate", 0)) for row in rows]
+    assert order == [(ids[0], "vanilla", 0), (ids[0], "prompt-lookup", 0), (ids[0], "vanilla", 1),
+                     (ids[1], "prompt-lookup", 0), (ids[1], "vanilla", 1), (ids[1], "vanilla", 0),
+                     (ids[2], "vanilla", 0), (ids[2], "prompt-lookup", 0)]
+    first = {row["question_id"]: row["turns"] for row in rows if row["method"] == "vanilla" and "replicate" not in row}
+    again = {row["question_id"]: row["turns"] for row in rows if row.get("replicate")}
+    assert all([t["tokens"] for t in again[q]] == [t["tokens"] for t in first[q]] for q in ids[:2])  # the same decode, timed again
+
+
+def test_a_resumed_job_keeps_the_aa_decodes_apart_from_the_first(smollm2, runs):
+    questions = load_questions("qa", limit=1)
+    done = {(questions[0].question_id, "vanilla", 0), (questions[0].question_id, "prompt-lookup", 0)}
+    rows = list(_run(smollm2, runs, questions, {"config_hash": "h"}, done, aa=(runs[0], 1)))
+    assert [(row["method"], row["replicate"]) for row in rows] == [("vanilla", 1)]
+
+
+def test_a_method_decodes_under_the_name_given_and_the_aa_check_needs_a_baseline(smollm2_dir, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    args = ["bench", "--target", str(smollm2_dir), "--method", "lookup4=prompt-lookup", "--task", "qa", "--limit", "2",
+            "--max-new-tokens", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    assert main([*args, "--aa-questions", "1"]) == 2
+    assert "--aa-questions" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--baseline", "vanilla", "--aa-questions", "1"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((row["method"], row.get("replicate", 0)) for row in rows) == [
+        ("lookup4", 0), ("lookup4", 0), ("vanilla", 0), ("vanilla", 0), ("vanilla", 1)]
+    assert all(row["turns"][0]["tree_sizes"] for row in rows if row["method"] == "lookup4")  # it drafted: prompt lookup
 
 
 class Interrupted(Exception):
@@ -58,7 +91,7 @@ def test_an_interrupted_job_leaves_no_output_and_resumes_from_its_records(smollm
         handle.write('{"torn": ')  # a line cut off by the interrupt
     kept = bench.finished_rows(out, "h")
     assert len(kept) == 3 and bench.finished_rows(out, "other settings") == []
-    done = {(row["question_id"], row["method"]) for row in kept}
+    done = {(row["question_id"], row["method"], 0) for row in kept}
     count = bench.write_jsonl(out, _run(smollm2, runs, questions, {"config_hash": "h"}, done), kept)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert count == len(rows) == 6 and rows[:3] == kept

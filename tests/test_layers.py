@@ -15,8 +15,8 @@ LAYERS = {
     "clover2.heads": {"clover2.engine"},
     "baselines": {"clover2.engine", "clover2.heads"},
     "clover2.training": {"clover2.engine", "clover2.heads"},
-    "clover2.reporting": {"clover2.engine", "clover2.heads"},
     "clover2.planning": {"clover2.engine", "clover2.heads"},
+    "clover2.reporting": {"clover2.engine", "clover2.heads", "clover2.planning"},  # it checks the planner's predictions
 }
 
 

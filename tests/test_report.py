@@ -299,7 +299,60 @@ def test_chosen_trees_add_their_predictions_beside_the_measured_tau_and_speedups
     expected = (4 * 9 / sum(0.75 * (0.5 + q / 20) for q in range(4))) / (4 * 9 / sum(0.75 * (1.0 + q / 10) for q in range(4)))
     assert table.loc["clover2", "after prefill"] == pytest.approx(expected, abs=0.01)
     assert table.loc["clover2", "whole turns"] == pytest.approx(stats.query("method == 'clover2'")["speedup"].mean(), abs=0.05)
-    assert table.loc["eagle", "acceptance needed"] == "3.2×" and table.loc["clover2", "acceptance needed"] == ""
+    assert table.loc["eagle", "acceptance needed"] == "3.20×" and table.loc["clover2", "acceptance needed"] == ""
     (tmp_path / "broken.json").write_text(json.dumps({"paths": []}))
     with pytest.raises(Clover2Error, match="broken.json: not a clover2 choose-tree file"):
         build_tables(records, trees=[tmp_path / "broken.json"])
+
+
+def _aa_records(tmp_path, again: float) -> list[Path]:
+    """A bench file whose plain decoding decodes its first two questions a second time, `again` times as long."""
+    rows = []
+    for q in range(4):
+        rows += [_row("vanilla", str(q), [_turn(10, 1.0 + q / 10)]), _row("m", str(q), [_turn(10, 0.5 + q / 20, [1, 3, 4, 2])])]
+        if q < 2:
+            rows.append({**_row("vanilla", str(q), [_turn(10, again * (1.0 + q / 10))]), "replicate": 1})
+    return [_file(tmp_path / "aa.jsonl", rows)]
+
+
+def test_the_aa_check_compares_plain_decoding_with_itself_and_a_noisy_one_is_named_in_the_speedup_captions(tmp_path):
+    quiet, _ = build_tables(_aa_records(tmp_path, 1.0))
+    assert quiet["aa"].loc[0, "A/A"] == 1.0 and quiet["aa"].loc[0, "questions"] == 2 and quiet["aa"].loc[0, "noisy"] == ""
+    assert "A/A check" not in title("speedup_T0", quiet["speedup_T0"])
+    noisy, stats = build_tables(_aa_records(tmp_path, 1.1))
+    assert noisy["aa"].loc[0, "A/A"] == pytest.approx(1 / 1.1) and noisy["aa"].loc[0, "noisy"] == "|A/A − 1| > 3%"
+    assert "A/A check at T = 0: plain decoding against itself 0.91×" in title("speedup_T0", noisy["speedup_T0"])
+    assert "A/A check at T = 0" in title("speedup_ci", noisy["speedup_ci"])
+    # The second decodes are no run of their own: the plain baseline's tokens/s and every speedup read the first.
+    assert stats.set_index("method").loc["vanilla", "tokens_per_s"] == quiet["throughput"].loc[(0, "vanilla"), "MT-Bench"]
+    assert noisy["speedup_T0"].equals(quiet["speedup_T0"])
+
+
+def test_a_chosen_tree_is_compared_with_the_same_heads_other_trees_decoded_in_the_same_jobs(tmp_path):
+    rows = []
+    for q in range(4):
+        rows.append(_row("vanilla", str(q), [_turn(10, 1.0)]))
+        for method, seconds in (("eagle", 0.5 + q / 20), ("eagle_top8", 0.6 + q / 10), ("medusa", 0.7)):
+            row = _row(method, str(q), [_turn(10, seconds, [1, 3, 4, 2])])
+            row["provenance"]["config"]["head"] = ["eagle=heads/eagle", "eagle_top8=heads/eagle", "medusa=heads/medusa"]
+            rows.append(row)
+    tree = _tree_file(tmp_path / "eagle.json", "eagle", 3, 2.5, 1.6)
+    tables, _ = build_tables([_file(tmp_path / "b.jsonl", rows)], trees=[tree])
+    table = tables["chosen_vs_fixed"]
+    assert list(table.index) == [("eagle", 0, "eagle_top8")]  # medusa drafts with another head
+    expected = sum(10 / (0.5 + q / 20) for q in range(4)) / sum(10 / (0.6 + q / 10) for q in range(4))
+    row = table.loc[("eagle", 0, "eagle_top8")]
+    assert row["× over it"] == pytest.approx(expected) and row["CI low"] <= row["× over it"] <= row["CI high"]
+    assert row["questions"] == 4 and row["its drafting"] == "its own"
+
+
+def test_the_learning_curve_gives_the_chosen_trees_predicted_tau_at_every_evaluation(records, tmp_path):
+    profile = {"reached": [10, 5], "hits": [[5, 2], [1, 0]], "positions": 10}  # p(1, ·) = 0.5, 0.2; p(2, 0) = 0.2
+    head = _head_dir(tmp_path / "clover2", "clover2", [
+        {"step": 2, "seconds": 60.0, "heldout": {"top1": [0.2], "acceptance": profile}}])
+    tree = _tree_file(tmp_path / "clover2.json", "clover2", 3, 1.8, 1.2)
+    tree.write_text(json.dumps({**json.loads(tree.read_text()), "paths": [[0], [1], [0, 0]],
+                                "inputs": {"head": "clover2", "costs": "c.json", "acceptance": str(head / "acceptance.json")}}))
+    tables, stats = build_tables(records, heads=[head], trees=[tree])
+    assert tables["learning_curve"].loc[("clover2", 2), "τ chosen tree"] == pytest.approx(1 + 0.5 + 0.2 + 0.5 * 0.2)
+    assert list(tables["learning_curve"].columns)[-1] == "τ chosen tree"

@@ -62,6 +62,26 @@ def test_a_chosen_tree_is_passed_to_the_bench_as_its_file_and_a_fixed_one_by_nam
     assert "--head eagle=results/smollm2-135m-instruct/heads/eagle" in calibrate_flags(config)
 
 
+def test_a_second_key_for_one_head_decodes_as_its_method_under_its_own_name():
+    config = _config("default")
+    flags = method_flags(config, ["eagle", "eagle_top8"])
+    assert "--method eagle --method eagle_top8=eagle" in flags
+    assert "--head eagle_top8=results/smollm2-135m-instruct/heads/eagle" in flags
+    assert "--draft-option eagle_top8:tree=eagle_top_8" in flags
+    config["methods"]["eagle_top8"]["method"] = "eagle3"
+    with pytest.raises(Clover2Error, match="'methods.eagle_top8.method': unknown method 'eagle3'"):
+        check_config(config)
+
+
+def test_the_ablation_benches_every_variant_on_its_own_fixed_tree(tmp_path):
+    result = snakemake("-n", "-p", "--cores", "2", "--forceall", workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ablation = [line for line in result.stdout.splitlines() if "clover2 bench" in line and "/ablation/" in line]
+    assert ablation and all("--draft-option clover2:tree=eagle_top_8" in line and "trees/" not in line for line in ablation)
+    main = [line for line in result.stdout.splitlines() if "clover2 bench" in line and "/bench/" in line]
+    assert main and all("--aa-questions 2" in line for line in main)
+
+
 def test_the_default_dag_has_at_most_65_jobs(tmp_path):
     result = snakemake("-n", "--cores", "2", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -237,7 +257,9 @@ def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert {row["method"] for row in rows} == {*config["methods"], "vanilla"}
         questions = config["bench"]["questions"] if path.name == "T0.jsonl" else config["bench"]["sampled_questions"]
-        assert len(rows) == questions * (len(config["methods"]) + 1)  # one plain run per question
+        again = [row for row in rows if row.get("replicate")]  # the A/A check: plain decoding's second decodes
+        assert len(rows) - len(again) == questions * (len(config["methods"]) + 1)  # one plain run per question
+        assert len(again) == min(config["bench"]["aa_questions"], questions) and {row["method"] for row in again} == {"vanilla"}
     reports = sorted(root.glob("lossless/*/T*.json"))
     assert len(reports) == 2
     greedy = json.loads((root / "lossless/humaneval/T0.json").read_text())["reports"]
@@ -273,7 +295,11 @@ def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
         options = {option for row in rows if row["method"] == method for option in row["provenance"]["config"]["draft_option"]
                    if option.startswith(f"{method}:")}
         assert options == {f"{method}:tree=results/{config['target']['name']}/trees/{method}.json"}
-    assert "Trees chosen for this machine" in latex
+        recorded = [row["provenance"]["config"]["chosen_trees"] for row in rows if row["method"] == method]
+        assert all(trees[f"results/{config['target']['name']}/trees/{method}.json"]["paths"] == chosen["paths"]
+                   for trees in recorded)  # the record holds the tree it decoded, not only the file's name
+    assert "Trees chosen for this machine" in latex and "A/A noise check" in latex
+    assert "eagle\\_chain" in (tmp_path / "paper" / "tables" / "chosen_vs_fixed.tex").read_text()  # eagle's chosen tree against its chain
 
 
 def test_ablation_report_flags_list_every_variant_under_one_flag_each():

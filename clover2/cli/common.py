@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]  # auto: clover2.targets.resolve_dtype
 
@@ -38,7 +39,23 @@ def provenance_of(args: argparse.Namespace, target) -> dict:
 
     settings = settings_of(args)
     settings["target_identity"] = target.identity
+    settings["chosen_trees"] = chosen_trees(getattr(args, "draft_option", None) or [])
     return provenance(settings, target.model.device, args.seed)
+
+
+def chosen_trees(pairs: list[str]) -> dict[str, dict]:
+    """What each tree file a --draft-option names (`[METHOD:]tree=FILE.json`) holds: its tree and, for one
+    clover2 choose-tree wrote, the prediction, so that a record says what it decoded with, not only where
+    that was written."""
+    from clover2.options import method_option
+
+    trees = {}
+    for pair in pairs:
+        key, _, value = method_option(pair)[1].partition("=")
+        if key == "tree" and value.endswith(".json"):
+            chosen = json.loads(Path(value).read_text(encoding="utf-8"))
+            trees[value] = {name: chosen[name] for name in ("paths", "predicted") if name in chosen}
+    return trees
 
 
 class MethodChoices(argparse._AppendAction):
@@ -51,7 +68,8 @@ class MethodChoices(argparse._AppendAction):
         from clover2.methods import METHODS
 
         return (f"a decoding method (repeatable: all decode the same questions in one process): {', '.join(METHODS)}; "
-                f"with a trained head (--head): {', '.join(head_methods())}")
+                f"with a trained head (--head): {', '.join(head_methods())}; NAME=METHOD decodes as METHOD with NAME in the records "
+                f"(one head with two trees in one job)")
 
     @help.setter
     def help(self, value: str | None) -> None:

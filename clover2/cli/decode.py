@@ -23,6 +23,8 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--warmup", type=int, default=3, help="warm-up generations excluded from the records")
     run.add_argument("--repeat", type=int, default=0, help="which timing repeat this run is (recorded in the provenance)")
     run.add_argument("--baseline", help="also decode every question with this method (e.g. vanilla), once, interleaved")
+    run.add_argument("--aa-questions", type=int, default=0, metavar="N",
+                     help="the baseline decodes the first N questions a second time, in the rotation (the A/A noise check)")
     run.add_argument("--timing", choices=["turn", "phases"], default="turn",
                      help="turn: one device sync per turn, for tokens/s; phases: a sync around every phase, for the "
                      "time split (4 syncs a step on a GPU; on a CPU both are the same)")
@@ -33,14 +35,17 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from clover2 import bench
 
+    if args.aa_questions and not args.baseline:
+        raise Clover2Error("--aa-questions: the A/A check decodes the --baseline twice; give one")
     target, runs, questions, config, skipped = _setup(args)
     selected = len(questions) + len(skipped or [])
     provenance = common.provenance_of(args, target)
     finished = bench.finished_rows(args.out, provenance["config_hash"])
     if finished:
         print(f"resuming: {len(finished)} records of an interrupted run kept from {bench.partial_path(args.out)}")
-    done = {(row["question_id"], row["method"]) for row in finished}
-    rows = bench.run(target, runs, questions, config, provenance, args.warmup, done, skipped)
+    done = {(row["question_id"], row["method"], row.get("replicate", 0)) for row in finished}
+    aa = (next(r for r in runs if r[0] == args.baseline), args.aa_questions) if args.aa_questions else None
+    rows = bench.run(target, runs, questions, config, provenance, args.warmup, done, skipped, aa)
     count = bench.write_jsonl(args.out, rows, finished)
     print(f"{count} records ({len(runs)} methods x {selected - len(skipped or [])} questions) -> {args.out}")
     _report_skips(skipped, selected)
@@ -95,7 +100,7 @@ def _check_lossless(args: argparse.Namespace) -> int:
 
 def _decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, required=True, help="a directory made by prepare-target")
-    parser.add_argument("--method", action=common.MethodChoices, required=True, metavar="METHOD")
+    parser.add_argument("--method", action=common.MethodChoices, required=True, metavar="[NAME=]METHOD")
     parser.add_argument("--head", action="append", metavar="[METHOD=]DIR",
                         help="the trained head directory of a method that drafts with one (repeatable)")
     parser.add_argument("--draft-option", action="append", metavar="[METHOD:]KEY=VALUE",
@@ -170,23 +175,31 @@ def _report_skips(skipped: list[str] | None, selected: int) -> None:
 
 
 def _method_factories(args: argparse.Namespace) -> list:
-    """(name, factory) per --method, in order; --head METHOD=DIR pairs a head with its method
-    (a bare DIR is allowed when there is one method)."""
+    """(name, factory) per --method, in order; --method NAME=METHOD decodes as METHOD under its own name
+    (one head's two trees in one job); --head NAME=DIR pairs a head with its method (a bare DIR is
+    allowed when there is one method)."""
     from clover2.methods import method_factory
 
-    methods = list(dict.fromkeys([*args.method, *([args.baseline] if getattr(args, "baseline", None) else [])]))
+    decodes_as = dict(_method_name(value) for value in [*args.method, *([args.baseline] if getattr(args, "baseline", None) else [])])
+    names = [name for name, _ in map(_method_name, args.method)]
     heads = {}
     for value in args.head or []:
         method, sep, directory = value.partition("=")
         if not sep:
-            if len(args.method) != 1:
+            if len(names) != 1:
                 raise Clover2Error(f"--head {value}: with several methods, name the method (--head METHOD=DIR)")
-            method, directory = args.method[0], value
-        if method not in args.method:
+            method, directory = names[0], value
+        if method not in names:
             raise Clover2Error(f"--head {value}: {method!r} is not one of the --method values")
         heads[method] = Path(directory)
-    drafting = _drafting(args.draft_option or [], args.method, list(heads))
-    return [(name, method_factory(name, heads.get(name), drafting.get(name))) for name in methods]
+    drafting = _drafting(args.draft_option or [], names, list(heads))
+    return [(name, method_factory(method, heads.get(name), drafting.get(name))) for name, method in decodes_as.items()]
+
+
+def _method_name(value: str) -> tuple[str, str]:
+    """--method NAME=METHOD, or METHOD under its own name."""
+    name, _, method = value.partition("=")
+    return name, method or name
 
 
 def _drafting(pairs: list[str], methods: list[str], with_heads: list[str]) -> dict[str, dict]:

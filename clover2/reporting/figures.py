@@ -88,10 +88,17 @@ def verify_cost_figure(cost: pd.DataFrame):
 
 
 def learning_curve_figure(curve: pd.DataFrame):
-    """Held-out top-1 of each head's first prediction against training minutes, one line per head."""
-    axes = sns.lineplot(data=curve.reset_index(), x="minutes", y="depth 1", hue="head", marker="o")
-    axes.set(xlabel="training minutes", ylabel="held-out top-1, depth 1", ylim=(0, 1), title="Learning curves")
-    return axes.figure
+    """Held-out top-1 of each head's first prediction against training minutes, one line per head, and
+    beside it the predicted τ of each head's chosen tree where the run chose trees."""
+    data = curve.reset_index()
+    tree_tau = "τ chosen tree" in data and data["τ chosen tree"].notna().any()
+    figure, panels = plt.subplots(1, 2 if tree_tau else 1, squeeze=False)
+    sns.lineplot(data=data, x="minutes", y="depth 1", hue="head", marker="o", ax=panels[0][0])
+    panels[0][0].set(xlabel="training minutes", ylabel="held-out top-1, depth 1", ylim=(0, 1), title="Learning curves")
+    if tree_tau:
+        sns.lineplot(data=data, x="minutes", y="τ chosen tree", hue="head", marker="o", ax=panels[0][1])
+        panels[0][1].set(xlabel="training minutes", ylabel="predicted τ", title="τ of the chosen tree, predicted")
+    return figure
 
 
 FIGURES = {

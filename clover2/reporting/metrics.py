@@ -59,6 +59,8 @@ def _question_row(record: dict, source: str) -> dict:
         "temperature": settings.temperature,
         "dtype": settings.dtype,
         "repeat": settings.repeat,
+        "replicate": row.replicate,
+        "head": settings.head,
         "new_tokens": sum(t.new_tokens for t in turns),
         "steps": sum(t.steps for t in turns),
         "wall_seconds": sum(t.wall_seconds for t in turns),
@@ -91,6 +93,31 @@ def paired(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     if len(merged) != len(others):
         raise Clover2Error(f"some bench rows have no {baseline} run of the same question in the same file")
     return merged
+
+
+def between(frame: pd.DataFrame, method: str, other: str) -> dict:
+    """`method`'s speedup over `other` (ratio of mean tokens/s) on the questions both decoded in the same
+    files, with its bootstrap CI: two methods compared directly, as a method is with the baseline."""
+    pairs = paired(frame[frame["method"].isin([method, other])], other)
+    low, high = bootstrap_ci(*_tps(pairs))
+    return {"questions": len(pairs), "speedup": speedup_ratio_of_means(*_tps(pairs)), "ci_low": low, "ci_high": high}
+
+
+AA_TOLERANCE = 0.03  # |A/A - 1| beyond this: the run's machine was too noisy for speedups that close to 1
+
+
+def aa_ratio(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per temperature, the A/A check: the baseline's second decode of a question (replicate 1) over its
+    first, as a speedup (ratio of mean tokens/s, bootstrap CI); `noisy` when |ratio - 1| > AA_TOLERANCE."""
+    first = frame[(frame["method"] == baseline) & (frame["replicate"] == 0)]
+    rows = []
+    for temperature, again in frame[frame["replicate"] > 0].groupby("temperature"):
+        pairs = paired(pd.concat([again.assign(method="A/A"), first[first["temperature"] == temperature]]), baseline)
+        low, high = bootstrap_ci(*_tps(pairs))
+        ratio = speedup_ratio_of_means(*_tps(pairs))
+        rows.append({"temperature": temperature, "questions": len(pairs), "ratio": ratio, "ci_low": low, "ci_high": high,
+                     "noisy": abs(ratio - 1) > AA_TOLERANCE})
+    return pd.DataFrame(rows)
 
 
 def speedup_ratio_of_means(method_tps: np.ndarray, base_tps: np.ndarray) -> float:

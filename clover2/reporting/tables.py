@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from clover2.errors import Clover2Error
+from clover2.heads.acceptance import AcceptanceProfile
 from clover2.heads.clover2 import PAPER_CHOICES
 from clover2.heads.directory import (
     head_config,
@@ -27,7 +28,11 @@ from clover2.heads.directory import (
     training_log,
     training_run,
 )
+from clover2.planning.optimiser import predicted_tau
 from clover2.reporting.metrics import (
+    AA_TOLERANCE,
+    aa_ratio,
+    between,
     paired,
     read_bench,
     speedups,
@@ -63,6 +68,7 @@ class Records:
     step_cost: Sequence[Path] = ()
     ablation: tuple[dict[str, Path], dict[str, Path]] | None = None  # variant -> bench file, variant -> head
     trees: Sequence[Path] = ()  # clover2 choose-tree files: the trees chosen for this machine, with their predictions
+    aa: pd.DataFrame | None = None  # the baseline's second decodes of a few questions (metrics.aa_ratio)
 
     def label(self, task: str) -> str:
         spec = self.tasks.get(task)
@@ -92,6 +98,7 @@ class Table:
     build: Callable[[Records], Built]
     in_run_dtype: bool = False  # a speed against plain decoding in the job's own dtype: the caption names the dtype
     family: bool = False
+    noise_checked: bool = False  # speedups of the main benches: the caption warns when their A/A check came out noisy
 
 
 def speedup_tables(records: Records) -> dict[str, pd.DataFrame]:
@@ -170,15 +177,33 @@ def training_table(records: Records) -> pd.DataFrame | None:
 
 
 def learning_curve_table(records: Records) -> pd.DataFrame | None:
-    """Held-out top-1 per head depth at every evaluation of each head's training, against its minutes."""
-    rows = []
+    """Held-out top-1 per head depth at every evaluation of each head's training, against its minutes, and
+    the τ its chosen tree would have had then (its acceptance profile at that step; for heads with one)."""
+    rows, chosen = [], _chosen_paths(records.trees)
     for directory in records.heads:
         method, log = head_config(directory)["method"], training_log(directory)
         seconds = {r["step"]: r["seconds"] for r in log if "seconds" in r}
+        paths = chosen.get(Path(directory).resolve())
         for record in (r for r in log if "heldout" in r):
             top1 = {f"depth {k}": value for k, value in enumerate(record["heldout"]["top1"], start=1)}
-            rows.append({"head": method, "step": record["step"], "minutes": round(seconds.get(record["step"], 0.0) / 60, 1), **top1})
-    return pd.DataFrame(rows).set_index(["head", "step"]) if records.heads else None
+            profile = record["heldout"].get("acceptance")
+            tree_tau = {} if paths is None or profile is None else {
+                "τ chosen tree": predicted_tau(AcceptanceProfile.from_json(profile).probabilities(), paths)}
+            rows.append({"head": method, "step": record["step"], "minutes": round(seconds.get(record["step"], 0.0) / 60, 1),
+                         **top1, **tree_tau})
+    if not records.heads:
+        return None
+    table = pd.DataFrame(rows).set_index(["head", "step"])
+    return table[[c for c in table if c != "τ chosen tree"] + [c for c in table if c == "τ chosen tree"]]  # after every depth
+
+
+def _chosen_paths(trees: Sequence[Path]) -> dict[Path, list[list[int]]]:
+    """Head directory -> the rank paths chosen for it (clover2 choose-tree files name the profile they used)."""
+    chosen = {}
+    for path in trees:
+        document = read_tree_choice(Path(path))
+        chosen[Path(document["inputs"]["acceptance"]).parent.resolve()] = document["paths"]
+    return chosen
 
 
 def quality_table(records: Records) -> pd.DataFrame | None:
@@ -267,11 +292,8 @@ def tree_choice_table(records: Records) -> pd.DataFrame | None:
     """
     rows = []
     for path in records.trees:
-        chosen = read_json(Path(path))
-        try:
-            method, predicted = chosen["inputs"]["head"], chosen["predicted"]
-        except (KeyError, TypeError) as error:
-            raise Clover2Error(f"{path}: not a clover2 choose-tree file (no {error})") from None
+        chosen = read_tree_choice(Path(path))
+        method, predicted = chosen["inputs"]["head"], chosen["predicted"]
         frame = records.frame[(records.frame["temperature"] == 0)
                               & records.frame["method"].isin([method, records.baseline])]
         ours = frame[frame["method"] == method]
@@ -286,10 +308,20 @@ def tree_choice_table(records: Records) -> pd.DataFrame | None:
     return pd.DataFrame(rows).set_index("method").round(2) if rows else None
 
 
+def read_tree_choice(path: Path) -> dict:
+    """A clover2 choose-tree file, checked for what the tables read of it."""
+    chosen = read_json(path)
+    try:
+        chosen["inputs"]["head"], chosen["inputs"]["acceptance"], chosen["predicted"]["nodes"], chosen["paths"]
+    except (KeyError, TypeError) as error:
+        raise Clover2Error(f"{path}: not a clover2 choose-tree file (no {error})") from None
+    return chosen
+
+
 def _needed(chosen: dict) -> str:
     """How much more acceptance a tree would need to pay: never (inf) when the head accepts nothing at all."""
     factor = float(chosen["needed_acceptance"])
-    return f"{factor:.1f}×" if factor != float("inf") else "none accepted"
+    return f"{factor:.2f}×" if factor != float("inf") else "none accepted"
 
 
 def _decode_speedup(frame: pd.DataFrame, method: str, baseline: str) -> float:
@@ -298,6 +330,48 @@ def _decode_speedup(frame: pd.DataFrame, method: str, baseline: str) -> float:
         tokens = rows["new_tokens"].sum() - rows["answers"].map(len).sum()
         return tokens / (rows["wall_seconds"].sum() - rows["prefill_seconds"].sum())
     return float(speed(frame[frame["method"] == method]) / speed(frame[frame["method"] == baseline]))
+
+
+def chosen_vs_fixed_table(records: Records) -> pd.DataFrame | None:
+    """Each method that drafted a chosen tree against every other method drafting with the same head
+    in the same bench jobs (a fixed tree, or EAGLE-2's dynamic one): the chosen tree's speedup over it,
+    per temperature, with its 95 % CI, paired by question."""
+    rows = []
+    frame = records.frame
+    for path in records.trees:
+        method = read_tree_choice(Path(path))["inputs"]["head"]
+        heads = set(frame.loc[frame["method"] == method, "head"])
+        others = sorted(set(frame.loc[frame["head"].isin(heads - {None}) & (frame["method"] != method), "method"]))
+        for other in others:
+            drafting = frame.loc[frame["method"] == other, "drafting"].iloc[0]
+            for temperature, group in frame.groupby("temperature"):
+                if {method, other} <= set(group["method"]):
+                    rows.append({"method": method, "T": temperature, "against": other, "its drafting": drafting or "its own",
+                                 **between(group, method, other)})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).set_index(["method", "T", "against"])
+    return table.rename(columns={"speedup": "× over it", "ci_low": "CI low", "ci_high": "CI high"})
+
+
+def aa_table(records: Records) -> pd.DataFrame | None:
+    """The A/A check per temperature: plain decoding's second decode of a few questions of every bench job
+    over its first (metrics.aa_ratio)."""
+    if records.aa is None or records.aa.empty:
+        return None
+    table = records.aa.set_index("temperature").rename(columns={"ratio": "A/A", "ci_low": "CI low", "ci_high": "CI high"})
+    table["noisy"] = table["noisy"].map({True: f"|A/A − 1| > {AA_TOLERANCE:.0%}", False: ""})
+    return table
+
+
+def aa_note(aa: pd.DataFrame | None, temperature: float | None = None) -> str:
+    """The caption's warning where the A/A check of a temperature (every one, when None) came out noisy."""
+    if aa is None or aa.empty:
+        return ""
+    noisy = aa[aa["noisy"] & ((aa["temperature"] == temperature) if temperature is not None else True)]
+    return "; ".join(f"A/A check at T = {row.temperature:g}: plain decoding against itself {row.ratio:.2f}× "
+                     f"({row.ci_low:.2f}–{row.ci_high:.2f}), beyond ±{AA_TOLERANCE:.0%}: differences of that size are noise"
+                     for row in noisy.itertuples())
 
 
 ABLATION_LABELS = {"extraction_order": "order", "output_projector": "projector", "augmenting_layers": "AB layers",
@@ -317,8 +391,12 @@ def ablation_table(records: Records) -> pd.DataFrame | None:
         row = {records.label(task): tau(g["new_tokens"], g["steps"]) for task, g in ours.groupby("task", sort=False)}
         pooled = speedups(paired(frame, records.baseline))
         rows.append({"variant": variant, **row, "τ": tau(ours["new_tokens"], ours["steps"]), "speedup": pooled["speedup"],
-                     "CI low": pooled["speedup_ci_low"], "CI high": pooled["speedup_ci_high"]})
-    return pd.DataFrame(rows).set_index("variant")
+                     "CI low": pooled["speedup_ci_low"], "CI high": pooled["speedup_ci_high"], "drafting": ours["drafting"].iloc[0]})
+    table = pd.DataFrame(rows).set_index("variant")
+    drafting = sorted(set(table.pop("drafting")) - {""})
+    if drafting:
+        table.attrs["note"] = f"every variant drafting {', '.join(drafting)}"
+    return table
 
 
 def ablation_training_table(records: Records) -> pd.DataFrame | None:
@@ -339,9 +417,12 @@ TRAINING, ABLATIONS, PUBLISHED = "Training", "Ablations", "Published and reprodu
 SECTIONS = (SPEED, ACCEPTANCE, CORRECTNESS, TRAINING, ABLATIONS, PUBLISHED)  # the paper's order
 TABLES = (
     Table("speedup_T", "Speedup over plain decoding (ratio of mean tokens/s over questions) and τ at T = {temperature}",
-          SPEED, speedup_tables, in_run_dtype=True, family=True),
+          SPEED, speedup_tables, in_run_dtype=True, family=True, noise_checked=True),
     Table("speedup_ci", "95 % bootstrap confidence interval of each speedup (resampling questions)", SPEED, speedup_ci_table,
-          in_run_dtype=True),
+          in_run_dtype=True, noise_checked=True),
+    Table("aa", "A/A noise check: plain decoding decoding the first questions of every bench job a second time, in the "
+          "rotation, against its first decode (ratio of mean tokens/s, 95 % bootstrap CI); a speedup closer to 1 than a "
+          "noisy run's |A/A − 1| says nothing", SPEED, aa_table, in_run_dtype=True),
     Table("throughput", "Tokens/s of each method, plain decoding included (mean over questions)", SPEED, throughput_table,
           in_run_dtype=True),
     Table("depth", "Per-depth acceptance on the tree actually used (share of steps reaching depth k that accepted there)",
@@ -350,7 +431,9 @@ TABLES = (
     Table("lossless", "Losslessness against plain decoding", CORRECTNESS, lossless_table),
     Table("training", "Training cost of each head", TRAINING, training_table),
     Table("learning_curve", "Learning curves: held-out top-1 (the head's first choice is the target's) per head depth, "
-          "against training minutes; depth 1 is the acceptance of a chain's first drafted token at T = 0", TRAINING, learning_curve_table),
+          "against training minutes; depth 1 is the acceptance of a chain's first drafted token at T = 0; τ chosen tree: the "
+          "τ the tree chosen for the head (tree: auto) is predicted to reach with the head as it was at that step", TRAINING,
+          learning_curve_table),
     Table("quality", "Answer quality at T = 0 (GSM8K exact match, HumanEval pass@1; sandboxed execution)", CORRECTNESS, quality_table),
     Table("published", "Published (Clover-2 paper) and reproduced numbers (extra = extra tokens per step, τ − 1)", PUBLISHED,
           published_table),
@@ -364,6 +447,9 @@ TABLES = (
           "(after prefill: tokens/s over the speculative steps, as predicted; whole turns: the main table's speedup over all "
           "tasks); acceptance needed: for a head given no tree, the factor on its acceptance at which one would pay",
           SPEED, tree_choice_table, in_run_dtype=True),
+    Table("chosen_vs_fixed", "The chosen tree against the same head's other trees (a fixed one, or EAGLE-2's dynamic "
+          "tree), decoded in the same bench jobs: the chosen tree's speedup over it (ratio of mean tokens/s over the questions "
+          "both decoded) with its 95 % bootstrap CI", SPEED, chosen_vs_fixed_table, in_run_dtype=True),
     Table("step_cost", "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
           "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (only the costs mean anything: "
           "a random target often repeats itself, so an untrained head's τ says nothing about a trained one's); plain = plain "
@@ -387,12 +473,19 @@ def entry(name: str) -> Table:
     raise KeyError(name)
 
 
+def member_temperature(spec: Table, name: str) -> str:
+    """The temperature of a family's member, as its name holds it: speedup_T0p7 -> "0.7"."""
+    return name.removeprefix(spec.name).replace("p", ".")
+
+
 def title(name: str, table: pd.DataFrame | None = None) -> str:
-    """A table's caption, with the dtype its runs decoded in when the table carries one (`attrs["dtype"]`)."""
+    """A table's caption, with the dtype its runs decoded in when the table carries one (`attrs["dtype"]`) and
+    the table's own note (`attrs["note"]`: what every row shares, a noisy A/A check)."""
     spec = entry(name)
-    text = spec.caption.format(temperature=name.removeprefix(spec.name).replace("p", ".")) if spec.family else spec.caption
-    dtype = table.attrs.get("dtype") if table is not None else None
-    return f"{text}; the target in {dtype}" if dtype else text
+    text = spec.caption.format(temperature=member_temperature(spec, name)) if spec.family else spec.caption
+    attrs = table.attrs if table is not None else {}
+    text = f"{text}; the target in {attrs['dtype']}" if attrs.get("dtype") else text
+    return f"{text}. {attrs['note'][0].upper()}{attrs['note'][1:]}" if attrs.get("note") else text
 
 
 def build_tables(
@@ -410,10 +503,11 @@ def build_tables(
     trees: Sequence[Path] = (),
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Every table that the records given can fill, and the per-(method, task, T) summary behind them."""
-    frame = read_bench(bench)
+    decoded = read_bench(bench)
+    frame = decoded[decoded["replicate"] == 0]  # the A/A check's second decodes are compared only with their first
     swept = read_bench(sweep) if sweep else None
     records = Records(frame, summary(frame, baseline), baseline, tasks or {}, lossless, heads, questions, published, target,
-                      swept, step_cost, ablation, trees)
+                      swept, step_cost, ablation, trees, aa_ratio(decoded, baseline))
     dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
     tables = {}
     for spec in TABLES:
@@ -423,5 +517,7 @@ def build_tables(
                 continue
             if spec.in_run_dtype:
                 table.attrs["dtype"] = dtypes  # every speed is measured against plain decoding in its own job's dtype
+            if spec.noise_checked:
+                table.attrs["note"] = aa_note(records.aa, float(member_temperature(spec, name)) if spec.family else None)
             tables[name] = table
     return tables, records.stats

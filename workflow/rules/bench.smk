@@ -1,8 +1,8 @@
 # Decoding. A bench job decodes one task's questions at one temperature with every method and, once
 # per question, the plain baseline, interleaved in one process (the order rotates from question to
 # question): every speedup is a ratio measured in one process, on one device with one thread count,
-# and the start-up (loading the target and every head, warming up) is paid once per job. Warm-up runs
-# are excluded. An interrupted job resumes from its partial records. A losslessness job compares every
+# and the start-up (loading the target and every head, warming up) is paid once per job. The baseline
+# decodes the first `aa_questions` a second time (the A/A noise check). Warm-up runs are excluded. An interrupted job resumes from its partial records. A losslessness job compares every
 # method with plain decoding, decoded once (T = 0: token for token; T > 0: a chi-squared test per
 # method) and records a failure in its report instead of stopping the workflow.
 
@@ -21,7 +21,8 @@ rule bench:
     params:
         methods=wf.method_flags(config, METHODS),
         run=lambda w: f"--temperature {w.temperature} --limit {wf.bench_questions(config, w.temperature)} "
-        f"--max-new-tokens {wf.max_new_tokens(config, w.task)} --baseline {config['baseline']}",
+        f"--max-new-tokens {wf.max_new_tokens(config, w.task)} --baseline {config['baseline']} "
+        f"--aa-questions {config['bench']['aa_questions']}",
         bench=config["bench"],
         timing=config["bench"]["timing"],
     threads: config["threads"]
@@ -108,20 +109,23 @@ rule step_cost:
 
 
 # Ablation benches: one job per variant (the full method's included), every ablation task at T = 0
-# with the baseline interleaved, drafting as the ablated method does in the main benches.
+# with the baseline interleaved, drafting as the ablated method does in the main benches with the
+# section's `drafting` options over its own.
 ABLATION_TASKS = (config.get("ablation") or {}).get("tasks", [])
+ABLATION_DRAFTING = (config.get("ablation") or {}).get("drafting")
 
 
 use rule bench as bench_ablation with:
     input:
         heads=lambda w: [wf.ablation_head_dir(config, w.variant)],
-        trees=wf.tree_files(config, [ABLATION_METHOD]) if ABLATION_METHOD else [],
+        trees=wf.tree_files(config, [ABLATION_METHOD], ABLATION_DRAFTING) if ABLATION_METHOD else [],
         target=f"{TARGET}/target",
         questions=[wf.question_file(task) for task in ABLATION_TASKS],
     output:
         f"{TARGET}/ablation/{{variant}}/bench.jsonl",
     params:
-        methods=lambda w: wf.method_flags(config, [ABLATION_METHOD], heads={ABLATION_METHOD: wf.ablation_head_dir(config, w.variant)}),
+        methods=lambda w: wf.method_flags(config, [ABLATION_METHOD], ABLATION_DRAFTING,
+                                          heads={ABLATION_METHOD: wf.ablation_head_dir(config, w.variant)}),
         run=f"--temperature 0 --limit {wf.ablation_questions(config)} --max-new-tokens {config['bench']['max_new_tokens']} "
         f"--baseline {config['baseline']}",
         bench=config["bench"],
