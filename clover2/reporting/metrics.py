@@ -99,8 +99,9 @@ def between(frame: pd.DataFrame, method: str, other: str) -> dict:
     """`method`'s speedup over `other` (ratio of mean tokens/s) on the questions both decoded in the same
     files, with its bootstrap CI: two methods compared directly, as a method is with the baseline."""
     pairs = paired(frame[frame["method"].isin([method, other])], other)
-    low, high = bootstrap_ci(*_tps(pairs))
-    return {"questions": len(pairs), "speedup": speedup_ratio_of_means(*_tps(pairs)), "ci_low": low, "ci_high": high}
+    result = speedups(pairs)
+    return {"questions": len(pairs), "speedup": result["speedup"], "ci_low": result["speedup_ci_low"],
+            "ci_high": result["speedup_ci_high"]}
 
 
 AA_TOLERANCE = 0.03  # |A/A - 1| beyond this: the run's machine was too noisy for speedups that close to 1
@@ -112,11 +113,9 @@ def aa_ratio(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     first = frame[(frame["method"] == baseline) & (frame["replicate"] == 0)]
     rows = []
     for temperature, again in frame[frame["replicate"] > 0].groupby("temperature"):
-        pairs = paired(pd.concat([again.assign(method="A/A"), first[first["temperature"] == temperature]]), baseline)
-        low, high = bootstrap_ci(*_tps(pairs))
-        ratio = speedup_ratio_of_means(*_tps(pairs))
-        rows.append({"temperature": temperature, "questions": len(pairs), "ratio": ratio, "ci_low": low, "ci_high": high,
-                     "noisy": abs(ratio - 1) > AA_TOLERANCE})
+        result = between(pd.concat([again.assign(method="A/A"), first[first["temperature"] == temperature]]), "A/A", baseline)
+        rows.append({"temperature": temperature, "questions": result["questions"], "ratio": result["speedup"],
+                     "ci_low": result["ci_low"], "ci_high": result["ci_high"], "noisy": abs(result["speedup"] - 1) > AA_TOLERANCE})
     return pd.DataFrame(rows)
 
 
