@@ -18,6 +18,7 @@ from clover2.reporting.tables import SECTIONS, entry
 
 PAPER_PREAMBLE = r"""\documentclass{article}
 \usepackage[a4paper,margin=2cm]{geometry}
+\usepackage[T1]{fontenc}\usepackage{lmodern}  %% |, < and > as themselves (OT1 sets | as a dash, > as ¿)
 \usepackage{booktabs,multirow,graphicx,float}
 \pdfinfoomitdate=1 \pdftrailerid{}  %% the same sources give the same PDF, byte for byte
 \setlength{\tabcolsep}{4pt}
