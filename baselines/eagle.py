@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from clover2.engine.drafter import TargetStates, grow_static_tree
-from clover2.engine.tree import DraftTree, TreeShape, grow_dynamic_tree, static_tree
+from clover2.engine.drafter import Drafter, NoDrafter, TargetStates, grow_static_tree
+from clover2.engine.tree import DraftTree, TreeShape, chosen_setting, grow_dynamic_tree, static_tree
 from clover2.heads.losses import smooth_l1, soft_cross_entropy, topk_hits
 from clover2.heads.protocol import (
     DraftHead,
@@ -127,20 +127,30 @@ class Eagle2Head(EagleHead):
 
     method = "eagle2"
     drafting_options: ClassVar[frozenset[str]] = frozenset({"depth", "top_k", "total_tokens"})
+    planned_options: ClassVar[frozenset[str]] = frozenset({"depth", "total_tokens"})
+    dynamic_trees: ClassVar[bool] = True
 
     def __init__(
-        self, target: PreTrainedModel, *, depth: int = 6, top_k: int = 10, total_tokens: int = 59,
+        self, target: PreTrainedModel, *, depth: int | str = 6, top_k: int = 10, total_tokens: int | str = 59,
         vocab_ids: torch.Tensor | None = None, **training,
     ) -> None:
         """The EAGLE-2 paper's total_token 60, depth 5, top_k 10 as its code counts them
-        (tree.official_eagle2_settings); `training`: the options of `_training_options`."""
+        (tree.official_eagle2_settings); `depth` and `total_tokens` may name a file clover2 choose-tree
+        wrote (tree.chosen_setting); total_tokens 0 decodes plainly. `training`: the options of
+        `_training_options`."""
         tree = {"depth": depth, "top_k": top_k, "total_tokens": total_tokens}
         DraftHead.__init__(self, target, vocab_ids, **tree, **_training_options(**training))
+        self.depth, self.total_tokens = chosen_setting(depth, "depth"), chosen_setting(total_tokens, "total_tokens")
         self._build(target)
 
-    def drafter(self, tree: TreeShape | None = None) -> FeatureDrafter:
+    def drafter(self, tree: TreeShape | None = None) -> Drafter:
         """The dynamic tree; a static `tree` given drafts as EAGLE-1 does (the same weights)."""
-        return Eagle2Drafter(self) if tree is None else static_drafter(EagleDrafter, self, tree)
+        if tree is not None:
+            return static_drafter(EagleDrafter, self, tree)
+        return self.dynamic_drafter(self.depth, self.total_tokens)
+
+    def dynamic_drafter(self, depth: int, total_tokens: int) -> Drafter:
+        return Eagle2Drafter(self, depth, total_tokens) if total_tokens else NoDrafter()
 
 
 def _draft_layer(target: PreTrainedModel, init: str) -> nn.Module:
@@ -267,12 +277,16 @@ def _joint_logprobs(
 class Eagle2Drafter(FeatureDrafter):
     """Drafts EAGLE-2's dynamic tree; children are the top-k at every temperature, so `generator` goes unused."""
 
+    def __init__(self, head: EagleHead, depth: int, total_tokens: int) -> None:
+        super().__init__(head)
+        self.depth, self.total_tokens = depth, total_tokens
+
     @torch.inference_mode()
     def draft(self, root: int, temperature: float, generator: torch.Generator | None) -> DraftTree:
-        options = self.head.options
+        top_k = self.head.options["top_k"]
         root_feature = self._advance(root)
-        expansion = _Expansion(self, root_feature, self.cache.get_seq_length(), temperature, options["top_k"])
-        tree = grow_dynamic_tree(root, expansion, options["depth"], options["top_k"], options["total_tokens"])
+        expansion = _Expansion(self, root_feature, self.cache.get_seq_length(), temperature, top_k)
+        tree = grow_dynamic_tree(root, expansion, self.depth, top_k, self.total_tokens)
         self._drop_tree(expansion.base)
         return tree
 

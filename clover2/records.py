@@ -41,12 +41,18 @@ class RunSettings:
 
     @property
     def drafting_label(self) -> str:
-        """The drafting options as KEY=VALUE; a chosen tree's file as what it holds."""
-        return " ".join(f"{key}={self._value_label(value)}" for key, value in self.drafting.items())
-
-    def _value_label(self, value) -> str:
-        predicted = self.chosen_trees.get(value, {}).get("predicted")
-        return f"chosen ({predicted['nodes']} nodes)" if predicted else str(value)
+        """The drafting options as KEY=VALUE: a static tree's file as `chosen (N nodes)`, a dynamic tree's
+        settings read from a file as their values, marked `(chosen)`."""
+        labels = []
+        for key, value in self.drafting.items():
+            chosen = self.chosen_trees.get(value, {})
+            if "drafting" in chosen:
+                labels.append(f"{key}={chosen['drafting'][key]} (chosen)")
+            elif "predicted" in chosen:
+                labels.append(f"{key}=chosen ({chosen['predicted']['nodes']} nodes)")
+            else:
+                labels.append(f"{key}={value}")
+        return " ".join(labels)
 
 
 def _head_of(pairs: list[str], method: str) -> str | None:

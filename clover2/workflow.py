@@ -46,6 +46,9 @@ def check_config(config: dict) -> None:
             raise Clover2Error(f"config key '{key}': unknown method {method!r}; known: {', '.join(known_methods)}")
         _check_head(name, method, (settings or {}).get("head"), config["heads"])
         _check_drafting(f"methods.{name}.drafting", method, drafting_options(config, name))
+        if _auto_options(drafting_options(config, name)) and head_class(method).dynamic_trees and not config.get("teacher"):
+            raise Clover2Error(f"config key 'methods.{name}.drafting': choosing a {method} tree's size measures it on the "
+                               f"teacher pass's held-out conversations; add a 'teacher' section")
     for head in config["heads"]:
         if head not in head_methods():
             raise Clover2Error(f"config key 'heads.{head}': not a trainable head; known: {', '.join(head_methods())}")
@@ -180,12 +183,18 @@ def _check_drafting(key: str, method: str, options: dict) -> None:
         return
     if method in METHODS:
         raise Clover2Error(f"config key '{key}': {method} drafts without a trained head, so it has no drafting options")
-    allowed = head_class(method).drafting_options
+    allowed, planned = head_class(method).drafting_options, head_class(method).planned_options
     for option, value in options.items():
         if option not in allowed:
             raise Clover2Error(f"config key '{key}.{option}': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
-        if AUTO in (value if isinstance(value, list) else [value]) and option != "tree":
-            raise Clover2Error(f"config key '{key}.{option}': only a static tree can be chosen for the machine ({option}: {AUTO})")
+        if AUTO in (value if isinstance(value, list) else [value]) and option not in planned:
+            raise Clover2Error(f"config key '{key}.{option}': a {method} head's tree is chosen for the machine through "
+                               f"{' and '.join(sorted(planned))} ({option}: {AUTO} is not one of them)")
+    chosen = _auto_options(options)
+    if chosen and chosen != planned:
+        missing = sorted(planned - chosen)[0]
+        raise Clover2Error(f"config key '{key}.{missing}': a {method} head's {' and '.join(sorted(planned))} are chosen "
+                           f"together; set {missing} to {AUTO} as well")
 
 
 def _check_sweep(sweep: dict, config: dict) -> None:
@@ -325,20 +334,55 @@ def tree_file(config: dict, method: str) -> str:
     return f"{_root(config)}/trees/{method}.json"
 
 
+def _auto_options(options: dict) -> set[str]:
+    """The drafting options (or a sweep's lists of values) set to `auto`."""
+    return {option for option, value in options.items() if AUTO in (value if isinstance(value, list) else [value])}
+
+
 def planned_methods(config: dict) -> list[str]:
     """The methods that draft a chosen tree somewhere: in the benches, or as a sweep's value."""
     sweep = (config.get("sweep") or {}).get("methods", {})
-    return [m for m in config["methods"]
-            if drafting_options(config, m).get("tree") == AUTO or AUTO in (sweep.get(m) or {}).get("tree", [])]
+    return [m for m in config["methods"] if _auto_options(drafting_options(config, m)) or _auto_options(sweep.get(m) or {})]
 
 
 def tree_files(config: dict, methods: list[str], changes: dict | None = None) -> list[str]:
     """The chosen-tree files the `methods` decode with (`changes`: a sweep's value)."""
-    return [tree_file(config, m) for m in methods if (drafting_options(config, m) | (changes or {})).get("tree") == AUTO]
+    return [tree_file(config, m) for m in methods if _auto_options(drafting_options(config, m) | (changes or {}))]
+
+
+def acceptance_file(config: dict, method: str) -> str:
+    """The acceptance profile a method's tree is chosen from: the one training left in its head directory,
+    or, for a head whose tree is dynamic, the table the tree_acceptance job measures with the method's
+    own drafting options (a dynamic tree depends on them, e.g. EAGLE-2's top_k)."""
+    if head_class(decodes_as(config, method)).dynamic_trees:
+        return f"{_root(config)}/acceptance/{method}.json"
+    return f"{head_dir(config, head_of(config, method))}/acceptance.json"
+
+
+def acceptance_source(config: dict, method: str) -> str:
+    """What makes a method's acceptance file: its head directory (training), or that file (tree_acceptance)."""
+    return acceptance_file(config, method) if head_class(decodes_as(config, method)).dynamic_trees else head_dir(config, head_of(config, method))
+
+
+def fixed_drafting_flags(config: dict, method: str, prefix: str = "") -> str:
+    """--draft-option for each of a method's drafting options that is not chosen for the machine."""
+    return " ".join(f"--draft-option {prefix}{key}={value}" for key, value in drafting_options(config, method).items()
+                    if value != AUTO)
+
+
+def acceptance_flags(config: dict, method: str) -> str:
+    """clover2 acceptance's flags for a method's dynamic tree: the method, its fixed drafting options, and the
+    held-out conversations its head was trained without."""
+    head = head_of(config, method)
+    heldout = TrainConfig(method=head, **_train_settings(config, head)).resolved().heldout
+    settings = config.get("planning") or {}
+    return (f"--method {decodes_as(config, method)} {fixed_drafting_flags(config, method)} --heldout {heldout} "
+            f"--max-nodes {settings.get('max_nodes', 63)}")
 
 
 def calibrate_flags(config: dict) -> str:
-    heads = " ".join(f"--head {m}={head_dir(config, head_of(config, m))}" for m in planned_methods(config))
+    heads = " ".join(f"--head {m}={head_dir(config, head_of(config, m))} --method {m}={decodes_as(config, m)} "
+                     f"{fixed_drafting_flags(config, m, f'{m}:')}" for m in planned_methods(config))
     settings = config.get("planning") or {}
     return (f"{heads} --prompt-tokens {settings.get('prompt_tokens', 300)} --repeats {settings.get('repeats', 3)} "
             f"--new-tokens {settings.get('new_tokens', 24)} --max-tokens {settings.get('max_nodes', 63) + 1}")

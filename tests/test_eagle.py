@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from baselines.eagle import Eagle2Head, EagleHead
 from clover2.engine.decoding import DecodeConfig, generate
-from clover2.engine.drafter import TargetStates
+from clover2.engine.drafter import NoDrafter, TargetStates
 from clover2.engine.tree import official_eagle2_settings
 from clover2.errors import Clover2Error
 from clover2.heads.directory import load_head, save_head
@@ -285,6 +285,20 @@ def test_dynamic_tree_size(tiny_llama, total_tokens):
         assert tree.shape.size == total_tokens + 1 and tree.draft_probs is None
         assert tree.shape.max_depth <= 5
         drafter.accept(torch.tensor([3]), _states(states[-1:], 1))  # any state will do for the kept root
+
+
+def test_a_dynamic_tree_chosen_for_the_machine_is_read_from_its_file_and_none_decodes_plainly(tiny_llama, tmp_path):
+    chosen = tmp_path / "eagle2.json"
+    chosen.write_text(json.dumps({"drafting": {"depth": 2, "total_tokens": 5}, "predicted": {"nodes": 5, "depth": 2}}))
+    head = Eagle2Head(tiny_llama, depth=str(chosen), total_tokens=str(chosen), top_k=3).eval()
+    record = generate(tiny_llama, PROMPT, DecodeConfig(max_new_tokens=6), [], drafter=head.drafter())
+    assert set(record.tree_sizes) == {5}
+    assert isinstance(head.dynamic_drafter(3, 0), NoDrafter)  # a chosen size of 0 nodes: no drafting
+    chosen.write_text(json.dumps({"drafting": {"depth": "deep"}}))
+    with pytest.raises(Clover2Error, match="eagle2.json: field 'drafting.depth' must be an integer"):
+        Eagle2Head(tiny_llama, depth=str(chosen))
+    with pytest.raises(Clover2Error, match="eagle2.json: cannot read field 'drafting.total_tokens'"):
+        Eagle2Head(tiny_llama, total_tokens=str(chosen))
 
 
 def test_static_tree_records_what_it_sampled_from(tiny_llama):

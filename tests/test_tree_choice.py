@@ -10,8 +10,9 @@ import pytest
 
 from clover2.engine.tree import TreeShape
 from clover2.errors import Clover2Error
+from clover2.heads.acceptance import DynamicAcceptance
 from clover2.planning.costs import CostModel, DraftCost, _fit
-from clover2.planning.optimiser import choose_tree, most_probable_paths, needed_acceptance, predicted_tau
+from clover2.planning.optimiser import choose, choose_dynamic_tree, choose_tree, most_probable_paths, needed_acceptance, predicted_tau
 
 RANKS, DEPTH = 3, 6
 
@@ -81,7 +82,7 @@ def test_no_drafting_is_chosen_where_no_tree_pays_and_the_needed_acceptance_says
     costs = CostModel({n: 20.0 + 4 * n for n in range(1, 10)}, plain_ms=24.0,
                       heads={"head": _cost([2.0, 3.0, 0.5], 1.0)})
     choice = choose_tree(p, costs, "head")
-    assert choice.paths == [] and choice.speedup == 1.0
+    assert choice.paths == [] and choice.nodes == 0 and choice.speedup == 1.0
     factor = needed_acceptance(p, costs, "head")
     assert 1.0 < factor < math.inf
     scaled = [[min(1.0, q * factor * 1.01) for q in row] for row in p]
@@ -137,3 +138,42 @@ def test_calibration_times_every_probe_tree_a_head_can_draft_and_fits_each_phase
     assert set(eagle.coefficients) == {"draft", "bookkeeping"} and min(eagle.coefficients["draft"]) >= 0
     costs = CostModel(curve, 1.0, {"eagle": eagle})
     assert costs.step_ms("eagle", 1, 2) == pytest.approx(eagle.phase_ms("draft", 1, 2) + eagle.phase_ms("bookkeeping", 1, 2) + curve[3])
+
+
+def _table(tau: dict[tuple[int, int], float], depth: int, nodes: int) -> DynamicAcceptance:
+    """A table whose τ(D, N) is `tau` (1 + the chance of accepting one token, as depth 1 alone)."""
+    reached = [[[100] + [0] * (depth - 1) for _ in range(nodes)] for _ in range(depth)]
+    hits = [[[round(100 * (tau.get((d, n), 1.0) - 1))] + [0] * (depth - 1) for n in range(1, nodes + 1)]
+            for d in range(1, depth + 1)]
+    return DynamicAcceptance(reached, hits, positions=100)
+
+
+def test_a_dynamic_tree_gets_the_size_with_the_most_predicted_tokens_per_second():
+    costs = CostModel({n: 20.0 + 2.0 * n for n in range(1, 9)}, 20.0, {"eagle2": _cost([1.0, 3.0, 0.0], 0.0)})
+    tau = {(d, n): 1 + min(0.95, 0.3 * d + 0.1 * n) for d in range(1, 4) for n in range(1, 8)}
+    choice, needed = choose(_table(tau, 3, 7), costs, "eagle2")
+    best = max(tau, key=lambda dn: tau[dn] / costs.step_ms("eagle2", *dn))
+    assert (choice.depth, choice.nodes) == best and choice.paths is None and needed == 1.0
+    assert choice.drafting == {"depth": best[0], "total_tokens": best[1]}
+    assert choice.tau == pytest.approx(tau[best]) and choice.speedup == pytest.approx(tau[best] * 20.0 / costs.step_ms("eagle2", *best))
+    assert choose_dynamic_tree(_table(tau, 3, 7), costs, "eagle2", max_nodes=2, max_depth=1).nodes <= 2
+
+
+def test_a_dynamic_tree_that_never_pays_is_no_drafting_with_the_factor_it_lacks():
+    costs = CostModel({n: 20.0 + 4.0 * n for n in range(1, 9)}, 20.0, {"eagle2": _cost([5.0, 5.0, 0.0], 0.0)})
+    table = _table({(d, n): 1.1 for d in range(1, 3) for n in range(1, 5)}, 2, 4)
+    choice, needed = choose(table, costs, "eagle2")
+    assert choice.nodes == 0 and choice.speedup == 1.0
+    cheapest = costs.step_ms("eagle2", 1, 1)
+    assert needed == pytest.approx((cheapest / 20.0 - 1) / 0.1)
+    assert choose(_table({}, 2, 4), costs, "eagle2")[1] == math.inf
+
+
+def test_calibration_times_a_dynamic_tree_at_the_sizes_it_can_be_chosen_among(tiny_llama, one_thread):
+    from clover2.heads.protocol import head_class
+    from clover2.planning.costs import Probes, draft_cost
+
+    eagle2 = draft_cost(tiny_llama, head_class("eagle2")(tiny_llama, top_k=2).eval(), 16,
+                        Probes(widths=(1, 3), depths=(1, 2), new_tokens=4, repeats=1))
+    # depth 1 keeps at most top_k = 2 nodes; depth 2 drafts 2 + 4
+    assert [(m["depth"], m["nodes"]) for m in eagle2.measured] == [(1, 1), (1, 2), (2, 2), (2, 6)]

@@ -15,6 +15,8 @@ from clover2.errors import Clover2Error
 from clover2.reporting.tables import build_tables
 from clover2.workflow import (
     ablation_report_flags,
+    acceptance_file,
+    acceptance_flags,
     calibrate_flags,
     check_config,
     job_resources,
@@ -54,12 +56,18 @@ def test_a_chosen_tree_is_passed_to_the_bench_as_its_file_and_a_fixed_one_by_nam
     config = _config("default")
     flags = method_flags(config, ["eagle", "eagle2"])
     assert "--draft-option eagle:tree=results/smollm2-135m-instruct/trees/eagle.json" in flags
-    assert "--draft-option eagle2:total_tokens=8" in flags
-    assert tree_files(config, ["eagle", "eagle2"]) == ["results/smollm2-135m-instruct/trees/eagle.json"]
+    assert "--draft-option eagle2:total_tokens=results/smollm2-135m-instruct/trees/eagle2.json" in flags
+    assert "--draft-option eagle2:top_k=4" in flags
+    assert tree_files(config, ["eagle", "eagle2", "eagle_top8"]) == [f"results/smollm2-135m-instruct/trees/{m}.json" for m in ("eagle", "eagle2")]
     assert method_flags(config, ["eagle"], {"tree": "chain_3"}).endswith("--draft-option eagle:tree=chain_3")
     assert tree_files(config, ["eagle"], {"tree": "chain_3"}) == []
-    assert set(planned_methods(config)) == {"medusa", "clover", "eagle", "clover2"}
+    assert set(planned_methods(config)) == {"medusa", "clover", "eagle", "eagle2", "clover2"}
     assert "--head eagle=results/smollm2-135m-instruct/heads/eagle" in calibrate_flags(config)
+    # EAGLE-2's dynamic tree: its head timed as EAGLE-2 with its own top_k, its table measured for the method
+    assert "--head eagle2=results/smollm2-135m-instruct/heads/eagle --method eagle2=eagle2 --draft-option eagle2:top_k=4" in calibrate_flags(config)
+    assert acceptance_file(config, "eagle2") == "results/smollm2-135m-instruct/acceptance/eagle2.json"
+    assert acceptance_file(config, "eagle") == "results/smollm2-135m-instruct/heads/eagle/acceptance.json"
+    assert acceptance_flags(config, "eagle2").startswith("--method eagle2 --draft-option top_k=4 --heldout 16")
 
 
 def test_a_second_key_for_one_head_decodes_as_its_method_under_its_own_name():
@@ -166,7 +174,8 @@ REFUSED_VALUES = {
     "an unknown schedule of one head": ("heads.eagle", {"schedule": "bogus"}, "heads.eagle.schedule"),
     "a draft vocabulary larger than the target's": ("training.options.draft_vocab", 100000, "training.options.draft_vocab"),
     "an unknown top-level key": ("bogus_key", 3, "(the top level)"),
-    "a chosen value for a dynamic tree": ("methods.eagle2.drafting", {"total_tokens": "auto"}, "methods.eagle2.drafting.total_tokens"),
+    "half of a dynamic tree's size chosen": ("methods.eagle2.drafting", {"total_tokens": "auto"}, "methods.eagle2.drafting.depth"),
+    "a dynamic tree's top_k chosen": ("methods.eagle2.drafting", {"top_k": "auto"}, "methods.eagle2.drafting.top_k"),
 }
 
 
@@ -287,17 +296,21 @@ def test_smoke_workflow_outputs_exist_and_parse(smoke_run):
     assert {row["method"] for row in ablation_rows} == {"clover2", "vanilla"}
     assert [row["target"] for row in json.loads((root / "step_cost.json").read_text())["rows"]][0] == "tiny"
     assert (tmp_path / "paper" / "main.pdf").read_bytes().startswith(b"%PDF")  # built and checked by paper_pdf
-    for method in planned_methods(config):  # tree: auto, end to end: profile, costs, choice, benches that decode it
-        assert (root / "heads" / method / "acceptance.json").is_file()
-        chosen = json.loads((root / "trees" / f"{method}.json").read_text())
+    for method in planned_methods(config):  # auto, end to end: profile, costs, choice, benches that decode it
+        assert (tmp_path / acceptance_file(config, method)).is_file()
+        tree_file = f"results/{config['target']['name']}/trees/{method}.json"
+        chosen = json.loads((tmp_path / tree_file).read_text())
         assert chosen["inputs"]["costs"].endswith("costs.json") and chosen["predicted"]["tau"] >= 1.0
         rows = [json.loads(line) for line in (root / "bench/mt_bench/T0.jsonl").read_text().splitlines()]
         options = {option for row in rows if row["method"] == method for option in row["provenance"]["config"]["draft_option"]
                    if option.startswith(f"{method}:")}
-        assert options == {f"{method}:tree=results/{config['target']['name']}/trees/{method}.json"}
-        recorded = [row["provenance"]["config"]["chosen_trees"] for row in rows if row["method"] == method]
-        assert all(trees[f"results/{config['target']['name']}/trees/{method}.json"]["paths"] == chosen["paths"]
-                   for trees in recorded)  # the record holds the tree it decoded, not only the file's name
+        chosen_options = {f"{method}:{key}={tree_file}" for key, value in config["methods"][method]["drafting"].items() if value == "auto"}
+        assert chosen_options and chosen_options <= options
+        recorded = [row["provenance"]["config"]["chosen_trees"][tree_file] for row in rows if row["method"] == method]
+        tree = {key: chosen[key] for key in ("paths", "drafting") if key in chosen}
+        assert recorded and all(trees | tree == trees for trees in recorded)  # the record holds the tree it decoded
+    dynamic = json.loads((root / "trees" / "eagle2.json").read_text())  # EAGLE-2's size chosen from its measured table
+    assert set(dynamic["drafting"]) == {"depth", "total_tokens"} and "paths" not in dynamic
     assert "Trees chosen for this machine" in latex and "A/A noise check" in latex
     assert "eagle\\_chain" in (tmp_path / "paper" / "tables" / "chosen_vs_fixed.tex").read_text()  # eagle's chosen tree against its chain
 

@@ -44,17 +44,17 @@ def provenance_of(args: argparse.Namespace, target) -> dict:
 
 
 def chosen_trees(pairs: list[str]) -> dict[str, dict]:
-    """What each tree file a --draft-option names (`[METHOD:]tree=FILE.json`) holds: its tree and, for one
-    clover2 choose-tree wrote, the prediction, so that a record says what it decoded with, not only where
-    that was written."""
+    """What each tree file a --draft-option names (`[METHOD:]KEY=FILE.json`) holds: its tree (a static
+    tree's paths, a dynamic tree's settings) and, for one clover2 choose-tree wrote, the prediction, so
+    that a record says what it decoded with, not only where that was written."""
     from clover2.options import method_option
 
     trees = {}
     for pair in pairs:
-        key, _, value = method_option(pair)[1].partition("=")
-        if key == "tree" and value.endswith(".json"):
+        value = method_option(pair)[1].partition("=")[2]
+        if value.endswith(".json"):
             chosen = json.loads(Path(value).read_text(encoding="utf-8"))
-            trees[value] = {name: chosen[name] for name in ("paths", "predicted") if name in chosen}
+            trees[value] = {name: chosen[name] for name in ("paths", "drafting", "predicted") if name in chosen}
     return trees
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from clover2.cli import common
 from clover2.errors import Clover2Error
 from clover2.options import key_values
+from clover2.records import drafting_options
 
 
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -21,30 +22,44 @@ def _add_acceptance(verbs: argparse._SubParsersAction) -> None:
                                   "cache's held-out conversations (training writes one into the head directory)")
     acceptance.add_argument("--target", type=Path, required=True)
     acceptance.add_argument("--head", type=Path, required=True, help="a head directory")
+    acceptance.add_argument("--method", help="draft as this method (one that shares the head's weights, e.g. eagle2 "
+                            "with an eagle head); a head whose tree is dynamic gets its table of tree sizes")
+    acceptance.add_argument("--draft-option", action="append", default=[], metavar="KEY=VALUE",
+                            help="a drafting option of the method (e.g. top_k=4; repeatable)")
+    acceptance.add_argument("--max-nodes", type=int, default=64, help="a dynamic tree's sizes: up to this many kept nodes")
     acceptance.add_argument("--teacher-cache", type=Path, required=True)
     acceptance.add_argument("--heldout", type=int, default=32, help="the cache's first conversations, as training kept apart")
     acceptance.add_argument("--positions", type=int, default=1024, help="at most this many positions drafted from")
     acceptance.add_argument("--out", type=Path, required=True)
+    acceptance.add_argument("--threads", type=int)
     acceptance.add_argument("--device")
     acceptance.add_argument("--dtype", choices=common.DTYPE_CHOICES, default="float32")
     acceptance.set_defaults(func=_acceptance)
 
 
 def _acceptance(args: argparse.Namespace) -> None:
-    from clover2.heads.acceptance import head_acceptance, save_acceptance
+    import torch
+
+    from clover2.heads.acceptance import dynamic_acceptance, head_acceptance, save_acceptance
     from clover2.heads.directory import load_head
     from clover2.provenance import provenance
     from clover2.training.teacher import CachedTeacher
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     target = common.target_from(args)
-    head = load_head(args.head, target.model).eval().to(target.model.device, target.model.dtype)
+    drafting = key_values(args.draft_option, "--draft-option")
+    head = load_head(args.head, target.model, args.method, drafting).eval().to(target.model.device, target.model.dtype)
     teacher = CachedTeacher(args.teacher_cache, target)
     batches = (teacher.batch([example], target.model.device) for example in teacher.examples[: args.heldout])
     dtype = target.model.dtype
     states = (_in_dtype(batch, dtype) for batch in batches)
-    profile = head_acceptance(head, states, args.positions)
+    profile = dynamic_acceptance(head, states, args.positions, nodes=args.max_nodes)
+    if profile is None:
+        profile = head_acceptance(head, states, args.positions)
     save_acceptance(profile, args.out, {"provenance": provenance(common.settings_of(args), target.model.device, 0)})
-    print(json.dumps({"positions": profile.positions, "p": profile.probabilities()}))
+    document = profile.to_json()  # p(d, r) of a static profile, τ(D, N) of a dynamic tree's table
+    print(json.dumps({key: document[key] for key in ("positions", "p", "tau") if key in document}))
 
 
 def _in_dtype(batch, dtype):
@@ -59,6 +74,10 @@ def _add_calibrate(verbs: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--target", type=Path, required=True)
     calibrate.add_argument("--head", action="append", default=[], metavar="NAME=DIR",
                            help="a trained head to time, under the name choose-tree asks for (repeatable)")
+    calibrate.add_argument("--method", action="append", default=[], metavar="NAME=METHOD",
+                           help="draft NAME's head as METHOD (one that shares its weights, e.g. eagle2=eagle's head)")
+    calibrate.add_argument("--draft-option", action="append", default=[], metavar="NAME:KEY=VALUE",
+                           help="a drafting option of NAME's method that the tree's size leaves alone (e.g. eagle2:top_k=4)")
     calibrate.add_argument("--prompt-tokens", type=int, default=300, help="as long as the benchmark's prompts")
     calibrate.add_argument("--max-tokens", type=int, default=64, help="verify costs for 1 ... this many tokens")
     calibrate.add_argument("--new-tokens", type=int, default=24, help="tokens per timed decode")
@@ -81,13 +100,15 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     heads = key_values(args.head, "--head")
+    methods = key_values(args.method, "--method")
+    drafting = {name: drafting_options(args.draft_option, name) for name in heads}
     target = common.target_from(args)
     model = target.model
     probes = Probes(new_tokens=args.new_tokens, repeats=args.repeats)
     costs = CostModel(verify_curve(model, args.prompt_tokens, range(1, args.max_tokens + 1), 2 * args.repeats),
                       plain_step_ms(model, args.prompt_tokens, args.new_tokens, args.repeats), prompt_tokens=args.prompt_tokens)
     for name, directory in heads.items():
-        head = load_head(Path(directory), model).eval().to(model.device, model.dtype)
+        head = load_head(Path(directory), model, methods.get(name), drafting[name]).eval().to(model.device, model.dtype)
         costs.heads[name] = draft_cost(model, head, args.prompt_tokens, probes, desc=f"calibrate {name}")
     document = {**costs.to_json(), "provenance": provenance(common.settings_of(args), model.device, 0)}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
@@ -111,18 +132,19 @@ def _choose_tree(args: argparse.Namespace) -> None:
     from clover2.atomic import atomic_write_text
     from clover2.heads.acceptance import load_acceptance
     from clover2.planning.costs import CostModel
-    from clover2.planning.optimiser import choose_tree, needed_acceptance
+    from clover2.planning.optimiser import choose
 
     try:
         costs = CostModel.from_json(json.loads(args.costs.read_text(encoding="utf-8")), str(args.costs))
     except (OSError, ValueError) as error:
         raise Clover2Error(f"{args.costs}: cannot read a cost model ({error})") from None
-    p = load_acceptance(args.acceptance).probabilities()
-    choice = choose_tree(p, costs, args.head_name, args.max_nodes, args.max_depth)
-    document = {"paths": choice.paths, "predicted": choice.to_json(),
-                "needed_acceptance": needed_acceptance(p, costs, args.head_name),
+    choice, needed = choose(load_acceptance(args.acceptance), costs, args.head_name, args.max_nodes, args.max_depth)
+    # A static tree's file gives its rank paths (the head's `tree` option reads them), a dynamic tree's its
+    # settings (the head's planned options read theirs from `drafting`).
+    tree = {"paths": choice.paths} if choice.paths is not None else {"drafting": choice.drafting}
+    document = {**tree, "predicted": choice.to_json(), "needed_acceptance": needed,
                 "inputs": {"costs": str(args.costs), "acceptance": str(args.acceptance), "head": args.head_name}}
     atomic_write_text(args.out, json.dumps(document, indent=2) + "\n")
-    verdict = "no drafting" if not choice.paths else f"{choice.nodes} nodes, depth {choice.depth}"
+    verdict = "no drafting" if not choice.nodes else f"{choice.nodes} nodes, depth {choice.depth}"
     print(f"{args.head_name}: {verdict}; predicted τ {choice.tau:.2f}, {choice.tokens_per_second:.1f} tok/s, "
           f"{choice.speedup:.2f}× plain")

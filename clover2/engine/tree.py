@@ -234,6 +234,22 @@ def static_tree(tree: str) -> TreeShape:
         raise Clover2Error(f"{tree}: field 'paths': {error}") from None
 
 
+def chosen_setting(value: int | str, key: str) -> int:
+    """A dynamic tree's setting (`depth`, `total_tokens`): the number itself, or a `.json` file's
+    `drafting` field's value of it (what `clover2 choose-tree` writes for a head whose tree is dynamic)."""
+    if not isinstance(value, str):
+        return value
+    if not value.endswith(".json"):
+        raise Clover2Error(f"{key}: expected an integer or a chosen-tree .json file, got {value!r}")
+    try:
+        setting = json.loads(Path(value).read_text(encoding="utf-8"))["drafting"][key]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise Clover2Error(f"{value}: cannot read field 'drafting.{key}' ({type(error).__name__}: {error})") from None
+    if not isinstance(setting, int):
+        raise Clover2Error(f"{value}: field 'drafting.{key}' must be an integer, got {setting!r}")
+    return setting
+
+
 def random_tree(size: int, seed: int, max_width: int = 12) -> TreeShape:
     """A random breadth-first tree of `size` nodes shaped like EAGLE-2's dynamic trees (tests, benchmarks)."""
     rng = random.Random(seed)
@@ -293,6 +309,24 @@ def grow_dynamic_tree(root_token: int, expand: ExpandFn, depth: int, top_k: int,
             frontier = first_new + _best(rank_score[first_new:], top_k).sort().values
     kept = (_best(rank_score[1:], total_tokens) + 1).sort().values
     return _reindex_breadth_first(tokens, parents, joint, kept)
+
+
+def keep_order(tree: DraftTree) -> torch.Tensor:
+    """The drafted nodes of a dynamic tree in the order grow_dynamic_tree keeps them, best first.
+
+    For a tree grown with every drafted node kept (total_tokens at least what it drafts), the tree the same
+    drafter grows with `depth` D and `total_tokens` N is the root plus the first N of this order among
+    the nodes of depth <= D: the levels above D are expanded alike, and the kept set is the best N by
+    the same ranking score (the joint capped by the parent's). Ties go to the shallower node, then to
+    the node stored first, where grow_dynamic_tree sends them to the node drafted first (the same but
+    for exactly equal scores at one level, a tie a measurement may resolve either way).
+    """
+    parents, joint = tree.shape.parents.tolist(), tree.scores.tolist()
+    score = [0.0] * len(parents)
+    for node in range(1, len(parents)):  # parents come first (breadth-first)
+        score[node] = min(score[parents[node]], joint[node])
+    depths = tree.shape.depths.tolist()
+    return torch.tensor(sorted(range(1, len(parents)), key=lambda node: (-score[node], depths[node], node)), dtype=torch.long)
 
 
 def official_eagle2_settings(depth: int, top_k: int, total_token: int) -> dict[str, int]:

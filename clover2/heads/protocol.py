@@ -56,6 +56,11 @@ class DraftHead(nn.Module):
     shares_weights_with: ClassVar[frozenset[str]] = frozenset()
     # Options that only shape the tree drafted, so a trained head can decode with other values (a sweep).
     drafting_options: ClassVar[frozenset[str]] = frozenset({"tree"})
+    # The drafting options `auto` sets to what `clover2 choose-tree` chose for this machine, all together:
+    # a static tree's `tree`, or a dynamic tree's size (dynamic_drafter).
+    planned_options: ClassVar[frozenset[str]] = frozenset({"tree"})
+    # Whether the head drafts a dynamic tree (dynamic_drafter), whose acceptance is measured per tree size.
+    dynamic_trees: ClassVar[bool] = False
 
     @classmethod
     def options_from(cls, method: str, options: dict) -> dict:
@@ -83,6 +88,11 @@ class DraftHead(nn.Module):
         """A drafter that proposes trees with this head: its options' tree, or the static `tree` given
         (the acceptance probe and the tree optimiser draft trees the options do not name)."""
         raise NotImplementedError
+
+    def dynamic_drafter(self, depth: int, total_tokens: int) -> Drafter:
+        """A drafter of this head's dynamic tree with `depth` levels and `total_tokens` kept nodes (0:
+        plain decoding), whatever its options say; only for a head with `dynamic_trees`."""
+        raise NotImplementedError(f"{self.method} heads draft static trees")
 
     def deepest_tree(self) -> int | None:
         """The deepest static tree this head can draft (one level per head for head sets); None: any."""

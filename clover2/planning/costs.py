@@ -6,7 +6,8 @@ as the benchmark's:
   ... 64; the sizes take turns within every round, medians over rounds);
 - a plain step: plain decoding's ms per token after the prefill;
 - per head, draft and bookkeeping ms per step from the engine's own phase clocks, decoding with the
-  head's drafter on probe trees of `width` candidates under each of `depth` spine nodes (the trees
+  head's drafter on probe trees of `width` candidates under each of `depth` spine nodes, or for a
+  head whose tree is dynamic its own tree `depth` levels deep keeping depth · width nodes (the trees
   take turns; medians over rounds). A static tree's drafter runs one forward per level over the
   level's nodes, and a level's attention reaches the levels above it, so draft and bookkeeping time
   are each fitted as c0 + c1 · depth + c2 · nodes + c3 · nodes² by non-negative least squares on
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from clover2.engine.decoding import DecodeConfig, TurnRecord, generate, verify_forward
+from clover2.engine.drafter import Drafter
 from clover2.engine.tree import DraftTree, TreeShape
 from clover2.errors import Clover2Error
 from clover2.heads.acceptance import probe_tree
@@ -151,24 +154,36 @@ def plain_step_ms(model: PreTrainedModel, prompt_tokens: int, new_tokens: int, r
 
 def draft_cost(model: PreTrainedModel, head: DraftHead, prompt_tokens: int, probes: Probes, desc: str = "draft cost") -> DraftCost:
     """Measure `head`'s drafter on every probe tree it can draft and fit its draft time."""
-    deepest = head.deepest_tree()
-    shapes = [(d, w, probe_tree(d, w)) for d in probes.depths for w in probes.widths if deepest is None or d <= deepest]
+    shapes = _probe_drafters(head, probes)
     if not shapes:
-        raise Clover2Error(f"{head.method}: no probe tree fits (depths {probes.depths}, the head drafts {deepest} levels)")
+        raise Clover2Error(f"{head.method}: no probe tree fits (depths {probes.depths}, the head drafts {head.deepest_tree()} levels)")
     draft: dict[int, list[float]] = {i: [] for i in range(len(shapes))}
     bookkeeping: dict[int, list[float]] = {i: [] for i in range(len(shapes))}
-    _decode(model, _prompt(model, prompt_tokens, 0), 4, head.drafter(shapes[-1][2]))  # warm-up
+    sizes: dict[int, list[int]] = {i: [] for i in range(len(shapes))}
+    _decode(model, _prompt(model, prompt_tokens, 0), 4, shapes[-1][2]())  # warm-up
     with tqdm(total=probes.repeats * len(shapes), desc=desc, unit="decode") as progress:
         for round_ in range(probes.repeats):
             prompt = _prompt(model, prompt_tokens, round_ + 1)
             for i in [*range(round_ % len(shapes), len(shapes)), *range(round_ % len(shapes))]:
-                record = _decode(model, prompt, probes.new_tokens, head.drafter(shapes[i][2]))
+                record = _decode(model, prompt, probes.new_tokens, shapes[i][2]())
                 draft[i].append(_per_step_ms(record, record.seconds["draft"]))
                 bookkeeping[i].append(_per_step_ms(record, record.seconds["bookkeeping"]))
+                sizes[i] += record.tree_sizes
                 progress.update()
-    measured = [{"depth": d, "width": w, "nodes": shape.size - 1, "draft_ms": statistics.median(draft[i]),
-                 "bookkeeping_ms": statistics.median(bookkeeping[i])} for i, (d, w, shape) in enumerate(shapes)]
+    measured = [{"depth": d, "width": w, "nodes": int(statistics.median(sizes[i])), "draft_ms": statistics.median(draft[i]),
+                 "bookkeeping_ms": statistics.median(bookkeeping[i])} for i, (d, w, _) in enumerate(shapes)]
     return _fit(measured)
+
+
+def _probe_drafters(head: DraftHead, probes: Probes) -> list[tuple[int, int, Callable[[], Drafter]]]:
+    """(depth, width, a maker of its drafter) per probe: the static probe trees the head can draft, or
+    for a head whose tree is dynamic its own tree at depth d keeping d · width nodes (the sizes a
+    dynamic tree is chosen among); the node count fitted on is what the drafted trees held."""
+    if head.dynamic_trees:
+        return [(d, w, partial(head.dynamic_drafter, d, d * w)) for d in probes.depths for w in probes.widths]
+    deepest = head.deepest_tree()
+    return [(d, w, partial(head.drafter, probe_tree(d, w))) for d in probes.depths for w in probes.widths
+            if deepest is None or d <= deepest]
 
 
 def _fit(measured: list[dict]) -> DraftCost:

@@ -202,7 +202,8 @@ def _chosen_paths(trees: Sequence[Path]) -> dict[Path, list[list[int]]]:
     chosen = {}
     for path in trees:
         document = read_tree_choice(Path(path))
-        chosen[Path(document["inputs"]["acceptance"]).parent.resolve()] = document["paths"]
+        if "paths" in document:  # a dynamic tree's table is not the head's own profile
+            chosen[Path(document["inputs"]["acceptance"]).parent.resolve()] = document["paths"]
     return chosen
 
 
@@ -312,7 +313,7 @@ def read_tree_choice(path: Path) -> dict:
     """A clover2 choose-tree file, checked for what the tables read of it."""
     chosen = read_json(path)
     try:
-        chosen["inputs"]["head"], chosen["inputs"]["acceptance"], chosen["predicted"]["nodes"], chosen["paths"]
+        chosen["inputs"]["head"], chosen["inputs"]["acceptance"], chosen["predicted"]["nodes"], chosen["predicted"]["depth"]
     except (KeyError, TypeError) as error:
         raise Clover2Error(f"{path}: not a clover2 choose-tree file (no {error})") from None
     return chosen
@@ -442,13 +443,15 @@ TABLES = (
     Table("verify_cost", "Milliseconds per verification (the target's forward over the tree) against the tokens it verifies "
           "(drafted nodes + root; 1 token: a plain decoding step), over every step of the bench and sweep runs, "
           "and that time over a one-token step's", SPEED, verify_cost_table, in_run_dtype=True),
-    Table("tree_choice", "Trees chosen for this machine (tree: auto): each head's tree from its held-out acceptance profile "
-          "and the calibrate job's costs, the predicted τ (tokens per speculative step) and speedup beside the T = 0 benches' "
+    Table("tree_choice", "Trees chosen for this machine (auto): each head's static tree from its held-out acceptance profile, "
+          "or EAGLE-2's dynamic tree size (depth bound, kept nodes) from its measured table of sizes, and the calibrate job's "
+          "costs; the predicted τ (tokens per speculative step) and speedup beside the T = 0 benches' "
           "(after prefill: tokens/s over the speculative steps, as predicted; whole turns: the main table's speedup over all "
-          "tasks); acceptance needed: for a head given no tree, the factor on its acceptance at which one would pay",
+          "tasks); acceptance needed: for a head given no tree, the factor on its acceptance (a dynamic tree: on its "
+          "expected accepted tokens) at which one would pay",
           SPEED, tree_choice_table, in_run_dtype=True),
-    Table("chosen_vs_fixed", "The chosen tree against the same head's other trees (a fixed one, or EAGLE-2's dynamic "
-          "tree), decoded in the same bench jobs: the chosen tree's speedup over it (ratio of mean tokens/s over the questions "
+    Table("chosen_vs_fixed", "The chosen tree against the same head's other trees (a fixed one, or another method's "
+          "chosen one), decoded in the same bench jobs: the chosen tree's speedup over it (ratio of mean tokens/s over the questions "
           "both decoded) with its 95 % bootstrap CI", SPEED, chosen_vs_fixed_table, in_run_dtype=True),
     Table("step_cost", "The engine's cost model (clover2 step-cost): ms per step after the prefill, split into draft, verify "
           "and bookkeeping (book.), for untrained heads on random-weight targets of each shape (only the costs mean anything: "

@@ -26,16 +26,41 @@ rule calibrate:
         "--dtype {config[dtype]} --out {output} > {log} 2>&1"
 
 
+# A head whose tree is dynamic (EAGLE-2's) has no rank-path profile from training: its table of tree sizes
+# (predicted τ per depth bound and kept nodes) is measured for the method, with its own drafting options,
+# on the held-out conversations of the teacher pass.
+rule tree_acceptance:
+    input:
+        head=lambda w: wf.head_dir(config, wf.head_of(config, w.method)),
+        target=f"{TARGET}/target",
+        teacher=TEACHER,
+    output:
+        f"{TARGET}/acceptance/{{method}}.json",
+    params:
+        flags=lambda w: wf.acceptance_flags(config, w.method),
+    threads: config["threads"]
+    resources:
+        **wf.job_resources(config),
+    log:
+        f"{TARGET}/logs/acceptance/{{method}}.log",
+    benchmark:
+        f"{TARGET}/benchmarks/acceptance/{{method}}.tsv",
+    shell:
+        "clover2 acceptance --target {input.target} --head {input.head} --teacher-cache {input.teacher} {params.flags} "
+        "--threads {threads} --device {config[device]} --dtype {config[dtype]} --out {output} > {log} 2>&1"
+
+
 rule choose_tree:
     input:
         costs=wf.costs_file(config),
-        head=lambda w: wf.head_dir(config, wf.head_of(config, w.method)),
+        acceptance=lambda w: wf.acceptance_source(config, w.method),
     output:
         f"{TARGET}/trees/{{method}}.json",
     params:
+        acceptance=lambda w: wf.acceptance_file(config, w.method),
         limits=lambda w: wf.choose_flags(config),
     log:
         f"{TARGET}/logs/trees/{{method}}.log",
     shell:
-        "clover2 choose-tree --costs {input.costs} --head-name {wildcards.method} --acceptance {input.head}/acceptance.json "
+        "clover2 choose-tree --costs {input.costs} --head-name {wildcards.method} --acceptance {params.acceptance} "
         "{params.limits} --out {output} > {log} 2>&1"
