@@ -5,7 +5,9 @@
         --variant target-8k  /tmp/target-teacher                     draft_vocab=8192 \
         --work /tmp/equal-budget
 
-Each variant is a label, a teacher cache (`clover2 cache-teacher`) and head options. Every head is
+Each variant is a label, a teacher cache (`clover2 cache-teacher`) and head options KEY=VALUE, or
+training settings train.KEY=VALUE (`train.decay_steps=100000`: `clover2 train --decay-steps 100000`,
+after the shared `--train-flags`). Every head is
 trained by `clover2 train` for `--minutes` of wall time from its cache, then benched by `clover2 bench`
 at T = 0 on the same Spec-Bench questions with plain decoding interleaved. The work directory keeps
 heads and records, so an interrupted run resumes where it stopped. Prints a Markdown table: steps,
@@ -27,7 +29,7 @@ from clover2.reporting.metrics import read_bench, summary
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", required=True)
-    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="LABEL CACHE [KEY=VALUE]")
+    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="LABEL CACHE [KEY=VALUE | train.KEY=VALUE]")
     parser.add_argument("--method", default="clover2")
     parser.add_argument("--option", action="append", default=[], help="a head option KEY=VALUE for every variant")
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -53,10 +55,16 @@ def main() -> None:
 def _train(args: argparse.Namespace, label: str, cache: str, options: list[str]) -> Path:
     out = args.work / "heads" / label
     if not out.is_dir():
-        flags = [f"--option={option}" for option in options]
+        flags = [_train_flag(option) if option.startswith("train.") else f"--option={option}" for option in options]
         _run(["clover2", "train", "--target", args.target, "--method", args.method, "--out", str(out), "--teacher-cache", cache,
               "--minutes", str(args.minutes), "--threads", str(args.threads), *args.train_flags.split(), *flags])
     return out
+
+
+def _train_flag(setting: str) -> str:
+    """train.KEY=VALUE as clover2 train's --KEY=VALUE (underscores as dashes)."""
+    key, _, value = setting.removeprefix("train.").partition("=")
+    return f"--{key.replace('_', '-')}={value}"
 
 
 def _bench(args: argparse.Namespace, label: str, head: Path, task: str) -> Path:

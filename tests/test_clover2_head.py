@@ -216,3 +216,47 @@ def test_checkpoint_round_trip_and_target_mismatch(trained, peaked, tmp_path):
     (tmp_path / "head" / "head.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Clover2Error, match="head.safetensors: cannot read"):
         load_head(tmp_path / "head", peaked)
+
+
+# Where the official code trains otherwise (README "Clover-2 against the official code"): each option
+# changes only what it names.
+
+
+@pytest.mark.parametrize(("init", "layer"), [("copy_first", 0), ("copy", -1)])
+def test_a_copied_augmenting_block_starts_as_the_targets_first_or_last_layer(tiny_llama, init, layer):
+    head = Clover2Head(tiny_llama, layer_init=init)
+    source = tiny_llama.model.layers[layer].state_dict()
+    other = tiny_llama.model.layers[1 + layer if layer < 0 else -1].state_dict()
+    for block in head.blocks:
+        assert all(torch.equal(block.state_dict()[name], weight) for name, weight in source.items())
+        assert not torch.equal(block.self_attn.q_proj.weight, other["self_attn.q_proj.weight"])
+    assert [block.self_attn.layer_idx for block in head.blocks] == [0, 1]  # each its own slot in the head's cache
+
+
+def test_the_loss_mask_scores_the_predicted_token_or_the_state_side_token_at_a_turn_boundary():
+    from clover2.heads.clover2 import scored_positions
+
+    # user user user | assistant x3 | user x2 | assistant x2, one padded position at the end
+    loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    attention = torch.tensor([[1] * 10 + [0]], dtype=torch.bool)
+    length = 10
+    predicted = scored_positions(loss_mask, attention, 0, length, "predicted")[0].nonzero().flatten().tolist()
+    state = scored_positions(loss_mask, attention, 0, length, "state")[0].nonzero().flatten().tolist()
+    assert predicted == [1, 2, 3, 6, 7]  # head 0 at t predicts token t + 2: an assistant token
+    assert state == [3, 4, 5]  # token t itself is an assistant token (8's prediction, token 10, is padding)
+    deeper = scored_positions(loss_mask, attention, 2, length, "state")[0].nonzero().flatten().tolist()
+    assert deeper == [1, 2, 3]  # head 2: token t + 2 on the state side, and token t + 4 must exist
+
+
+def test_the_augmenting_blocks_rope_base_is_the_targets_or_the_official_10000(tiny_llama):
+    ours, official = Clover2Head(tiny_llama), Clover2Head(tiny_llama, ab_rope_base=10000)
+    base = tiny_llama.config.rope_parameters["rope_theta"]
+    assert ours.recorded["rope_theta"] == base and official.recorded["rope_theta"] == 10000.0
+    head_dim = tiny_llama.config.hidden_size // tiny_llama.config.num_attention_heads
+    expected = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    assert torch.allclose(official.rotary.inv_freq, expected)
+    assert torch.equal(ours.rotary.inv_freq, tiny_llama.model.rotary_emb.inv_freq)
+    with pytest.raises(Clover2Error, match="clover2 option ab_rope_base: expected 'target' or a positive number"):
+        Clover2Head(tiny_llama, ab_rope_base="official")
+    with pytest.raises(Clover2Error, match="clover2 option loss_mask: expected one of predicted, state"):
+        Clover2Head(tiny_llama, loss_mask="token")

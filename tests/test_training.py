@@ -169,6 +169,19 @@ def test_training_from_a_teacher_cache_makes_a_head(tiny_target, tmp_path):
         train(tiny_target, None, tmp_path / "head2", _config(max_steps=2, teacher_cache=str(cache)))
 
 
+@pytest.mark.parametrize(("decay_steps", "horizon"), [(None, 4), (100, 100)])
+def test_a_linear_schedule_decays_over_the_run_or_over_a_nominal_horizon(tiny_target, tmp_path, decay_steps, horizon):
+    data = _sharegpt(tmp_path / "train.jsonl.gz", CHATS)
+    out = train(tiny_target, data, tmp_path / "head", _config(max_steps=4, eval_every=4, schedule="linear", decay_steps=decay_steps))
+    rates = [json.loads(line)["lr"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([3e-3 * (horizon - step) / horizon for step in range(1, 5)])
+
+
+def test_a_decay_horizon_inside_the_warmup_is_refused():
+    with pytest.raises(Clover2Error, match="training setting decay_steps: expected an integer above warmup_steps \\(20\\)"):
+        _config(warmup_steps=20, decay_steps=10).resolved()
+
+
 def test_an_unknown_schedule_is_refused_naming_the_setting():
     with pytest.raises(Clover2Error, match="training setting schedule: expected one of linear, .*got 'bogus'"):
         _config(schedule="bogus").resolved()

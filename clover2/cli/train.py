@@ -26,7 +26,7 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     training.add_argument("--option", action="append", help="a head option KEY=VALUE (repeatable), e.g. tree=...")
     for name, kind in (("conversations", int), ("heldout", int), ("max-length", int), ("batch-size", int),
                        ("epochs", int), ("max-steps", int), ("minutes", float), ("lr", float),
-                       ("warmup-steps", int), ("schedule", str), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):
+                       ("warmup-steps", int), ("schedule", str), ("decay-steps", int), ("eval-every", int), ("checkpoint-every", int), ("seed", int)):
         training.add_argument(f"--{name}", type=kind)
     training.add_argument("--teacher-cache", help="train from a clover2 cache-teacher directory instead of running the target")
     training.add_argument("--threads", type=int)

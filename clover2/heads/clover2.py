@@ -87,14 +87,44 @@ ABLATION_CHOICES = {
 # The paper's value of every ablation option (a head.json written before the options existed used these).
 PAPER_CHOICES = {option: values[0] for option, values in ABLATION_CHOICES.items()} | {"augmenting_layers": 2}
 
+# Where the official code (XiaoBin1992/clover, branch v1) trains otherwise than ours, each choice ours first
+# (README "Clover-2 against the official code"): which token's loss mask scores head i at position t, the
+# predicted one (t + i + 2, as our EAGLE loss) or the state-side one (t + i, official); and the Augmenting
+# Block's RoPE base, the target's or a number (the official code's is always 10000).
+LOSS_MASKS = ("predicted", "state")
+OFFICIAL_ROPE_BASE = 10000.0
 
-def _check_options(heads: int, augmenting_layers: int, choices: dict[str, str]) -> None:
+
+def _check_options(heads: int, augmenting_layers: int, choices: dict[str, str], loss_mask: str, ab_rope_base) -> None:
     for option, value in choices.items():
         if value not in ABLATION_CHOICES[option]:
             raise Clover2Error(f"clover2 option {option}: expected one of {', '.join(ABLATION_CHOICES[option])}, got {value!r}")
     if not isinstance(augmenting_layers, int) or augmenting_layers < 0:
         raise Clover2Error(f"clover2 option augmenting_layers: expected an integer >= 0, got {augmenting_layers!r}")
+    if loss_mask not in LOSS_MASKS:
+        raise Clover2Error(f"clover2 option loss_mask: expected one of {', '.join(LOSS_MASKS)}, got {loss_mask!r}")
+    if ab_rope_base != "target" and (isinstance(ab_rope_base, bool) or not isinstance(ab_rope_base, int | float) or ab_rope_base <= 0):
+        raise Clover2Error(f"clover2 option ab_rope_base: expected 'target' or a positive number (the official code's: "
+                           f"{OFFICIAL_ROPE_BASE:g}), got {ab_rope_base!r}")
     check_heads("clover2", heads)
+
+
+def _rotary(target: PreTrainedModel, base) -> nn.Module:
+    """The target's rotary embedding, or one of its kind with another RoPE base."""
+    rotary = target.get_decoder().rotary_emb
+    if base == "target":
+        return copy.deepcopy(rotary)
+    config = copy.deepcopy(target.config)
+    config.rope_parameters = {**config.rope_parameters, "rope_theta": float(base)}
+    return type(rotary)(config=config).to(rotary.inv_freq.device)
+
+
+def scored_positions(loss_mask: torch.Tensor, attention_mask: torch.Tensor, head: int, length: int, which: str) -> torch.Tensor:
+    """Where head `head` at position t is scored (its prediction is token t + head + 2, which must exist):
+    where that predicted token is an assistant token (`predicted`), or where the state-side token t + head
+    is (`state`, the official code's mask)."""
+    offset = head + 2 if which == "predicted" else head
+    return _shifted(loss_mask, offset, length) & _shifted(attention_mask, head + 2, length)
 
 
 @register
@@ -116,24 +146,26 @@ class Clover2Head(DraftHead):
         output_projector: str = "ad",
         augmenting_layers: int = 2,
         distillation: str = "kd",
+        loss_mask: str = "predicted",
+        ab_rope_base: str | float = "target",
         vocab_ids: torch.Tensor | None = None,
     ) -> None:
         choices = {"extraction_order": extraction_order, "output_projector": output_projector, "distillation": distillation}
-        _check_options(heads, augmenting_layers, choices)
+        _check_options(heads, augmenting_layers, choices, loss_mask, ab_rope_base)
         decoder = target.get_decoder()
         super().__init__(
             target, vocab_ids, heads=heads, tree=tree, regression_weight=regression_weight, ce_weight=ce_weight,
             decay=decay, draft_vocab=draft_vocab, layer_init=layer_init, augmenting_layers=augmenting_layers, **choices,
+            loss_mask=loss_mask, ab_rope_base=ab_rope_base,
         )
-        # The Augmenting Block uses the target's own RoPE base; the public code hard-codes 10000.
-        self.recorded["rope_theta"] = target.config.rope_parameters.get("rope_theta")
+        self.rotary = _rotary(target, ab_rope_base)
+        self.recorded["rope_theta"] = self.rotary.config.rope_parameters.get("rope_theta")
         hidden, n_heads = target.config.hidden_size, target.config.num_attention_heads
         norm_type = type(decoder.norm)
         self.register_buffer("lm_weight", target.get_output_embeddings().weight.detach(), persistent=False)
         self.ad1 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
         self.ad2 = AttentionDecoder(hidden, n_heads, norm_type(hidden, eps=target.config.rms_norm_eps))
         self.blocks = nn.ModuleList(decoder_layer(target, slot, layer_init) for slot in range(augmenting_layers))
-        self.rotary = copy.deepcopy(decoder.rotary_emb)
         self.norm_c = copy.deepcopy(decoder.norm)
         self.norm_h = copy.deepcopy(decoder.norm)
         if output_projector == "ad":
@@ -196,7 +228,7 @@ class Clover2Head(DraftHead):
         for i in range(self.options["heads"]):
             if i > 0:
                 s, output = self.step(s, self.embed(_shifted(ids, i + 1, length)), i)
-            mask = _shifted(batch.loss_mask & batch.attention_mask, i + 2, length)
+            mask = scored_positions(batch.loss_mask, batch.attention_mask, i, length, self.options["loss_mask"])
             predicted = output[mask]
             logits = self.vocab.project(predicted)
             teacher = _shifted(batch.teacher_logits, i + 1, length)[mask]

@@ -105,7 +105,7 @@ def static_drafter(drafter: Callable[[DraftHead, TreeShape], Drafter], head: Dra
     return drafter(head, shape) if shape.size > 1 else NoDrafter()
 
 
-LAYER_INITS = ("random", "copy")
+LAYER_INITS = ("random", "copy", "copy_first")
 
 
 def decoder_layer(target: PreTrainedModel, slot: int, init: str = "random") -> nn.Module:
@@ -113,14 +113,17 @@ def decoder_layer(target: PreTrainedModel, slot: int, init: str = "random") -> n
 
     `random` (EAGLE's choice, every head's default): fresh weights drawn as the target's family
     initialises them (normal(0, initializer_range), unit norms). `copy`: the target's last decoder
-    layer. Measured (`benchmarks/overfit.py`, README "Head initialisation"): an EAGLE head started
-    from the copy cannot even overfit a dozen conversations, its loss stuck far above a uniform
+    layer. `copy_first`: its first, which the official Clover-2 code loads (it indexes the target's
+    layers by the one-layer draft config's layer count; its comment says the last was meant).
+    Measured (`benchmarks/overfit.py`, README "Head initialisation"): an EAGLE head started from the
+    last layer's copy cannot even overfit a dozen conversations, its loss stuck far above a uniform
     guess, while from random weights it does.
     Heads pass the layer boolean masks, which SDPA reads as "may attend" and eager attention would add.
     """
-    last = target.get_decoder().layers[-1]
-    if init == "copy":
-        layer = copy.deepcopy(last)
+    layers = target.get_decoder().layers
+    last = layers[-1]
+    if init in ("copy", "copy_first"):
+        layer = copy.deepcopy(last if init == "copy" else layers[0])
     elif init == "random":
         config = copy.deepcopy(target.config)  # the layer keeps a reference; the target's must not change
         weight = next(last.parameters())

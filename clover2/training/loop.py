@@ -60,6 +60,9 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     warmup_steps: int | None = None
     schedule: str | None = None
+    # The schedule's horizon: it decays over this many steps (the official Clover-2 code plans 1.6 M, so
+    # the rate stays near its peak over a real run); None: over the run's own steps.
+    decay_steps: int | None = None
     clip_value: float = 0.5
     eval_every: int = 200
     acceptance_positions: int = 256  # held-out positions the acceptance profile drafts from, per evaluation
@@ -74,6 +77,8 @@ class TrainConfig:
         schedules = [kind.value for kind in SchedulerType]
         if config.schedule not in schedules:
             raise SettingError("schedule", f"expected one of {', '.join(schedules)}, got {config.schedule!r}")
+        if config.decay_steps is not None and (not isinstance(config.decay_steps, int) or config.decay_steps <= config.warmup_steps):
+            raise SettingError("decay_steps", f"expected an integer above warmup_steps ({config.warmup_steps}), got {config.decay_steps!r}")
         return config
 
 
@@ -118,7 +123,8 @@ def train(target: Target, data: Path | None, out: Path, config: TrainConfig) -> 
     total_steps = config.max_steps or per_epoch * config.epochs
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.decay_steps or total_steps)
     head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
     step = _resume(accelerator, work)
 
