@@ -44,10 +44,23 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 in hardware
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_facts(cpuinfo: Path = CPUINFO) -> tuple[str, list[str]]:
+    """The CPU's model name and which of BF16_CPU_FLAGS it has (machines of one kind differ in them)."""
+    text = cpuinfo.read_text(encoding="utf-8", errors="replace") if cpuinfo.is_file() else ""
+    model = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(text.split())
+    return model or platform.processor() or platform.machine(), [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}"
+    model, bf16 = cpu_facts()
+    return f"cpu: {model} ({', '.join(bf16) if bf16 else 'no bf16 in hardware'})"
 
 
 def provenance(config: dict, device: torch.device, seed: int) -> dict:

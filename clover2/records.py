@@ -32,12 +32,13 @@ class RunSettings:
     drafting: dict  # the drafting options the job changed for this row's method (--draft-option), parsed
     head: str | None = None  # the head directory this row's method drafted with (--head)
     chosen_trees: dict = field(default_factory=dict)  # tree file -> its chosen tree and prediction (clover2 choose-tree)
+    device: str = ""  # the machine it ran on, as the provenance describes it (a CPU: its model and bf16 flags)
 
     @classmethod
-    def from_config(cls, config: dict, method: str) -> RunSettings:
+    def from_config(cls, config: dict, method: str, device: str = "") -> RunSettings:
         return cls(float(config["temperature"]), config["dtype"], int(config.get("repeat", 0)),
                    drafting_options(config.get("draft_option") or [], method), _head_of(config.get("head") or [], method),
-                   config.get("chosen_trees") or {})
+                   config.get("chosen_trees") or {}, device)
 
     @property
     def drafting_label(self) -> str:
@@ -118,6 +119,6 @@ class BenchRow:
     @classmethod
     def from_json(cls, row: dict) -> BenchRow:
         """The typed row; KeyError, TypeError or ValueError when `row` is not a bench record."""
-        settings = RunSettings.from_config(row["provenance"]["config"], row["method"])
+        settings = RunSettings.from_config(row["provenance"]["config"], row["method"], row["provenance"].get("device", ""))
         turns = [BenchTurn.from_json(turn) for turn in row["turns"]]
         return cls(row["task"], row["question_id"], row["category"], row["method"], settings, turns, int(row.get("replicate", 0)))

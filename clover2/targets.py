@@ -35,14 +35,12 @@ from clover2.chat import CHAT_TEMPLATES, stop_token_ids
 from clover2.engine.kernels.attention import use_backend_attention
 from clover2.engine.target import Target
 from clover2.errors import Clover2Error
+from clover2.provenance import BF16_CPU_FLAGS, CPUINFO, cpu_facts
 from clover2.sources import cache_dir, sha256
 
 MARKER = "clover2_target.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 in hardware
-
-
-def resolve_dtype(requested: str | None, device: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
+def resolve_dtype(requested: str | None, device: str, cpuinfo: Path = CPUINFO) -> tuple[str, str]:
     """The dtype to run in, and why. `auto`: float16 on CUDA, bf16 on a CPU that has it in hardware, else float32."""
     if requested not in (None, "auto"):
         return requested, "requested"
@@ -50,8 +48,7 @@ def resolve_dtype(requested: str | None, device: str, cpuinfo: Path = Path("/pro
         return "float16", "auto: CUDA" if requested else "default on CUDA"
     if requested is None:
         return "float32", "default on the CPU"
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
-    found = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    found = cpu_facts(cpuinfo)[1]
     if found:
         return "bfloat16", f"auto: the CPU has {', '.join(found)}"
     return "float32", f"auto: fell back to float32, the CPU has none of {', '.join(BF16_CPU_FLAGS)}"

@@ -205,3 +205,13 @@ def test_auto_dtype_is_bf16_where_the_cpu_has_it_and_float32_with_the_reason_whe
     assert resolve_dtype("auto", "cuda:0", without)[0] == "float16"
     assert resolve_dtype(None, "cpu", with_bf16) == ("float32", "default on the CPU")  # auto only when asked
     assert resolve_dtype("float16", "cpu", without) == ("float16", "requested")
+
+
+def test_the_cpu_is_named_by_its_model_and_the_bf16_flags_it_has(tmp_path: Path):
+    from clover2.provenance import cpu_facts
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_facts(info) == ("AMD EPYC 9B14", ["avx512_bf16"])
+    info.write_text("model name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu avx2\n")
+    assert cpu_facts(info) == ("Intel(R) Xeon(R) CPU @ 2.20GHz", [])

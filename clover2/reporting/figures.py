@@ -64,6 +64,7 @@ def time_split_figure(stats: pd.DataFrame):
     table = exact.groupby("method")[shares].mean().rename(columns=lambda c: c.removesuffix("_share"))
     axes = table.plot.barh(stacked=True)
     axes.set(xlabel="share of wall time", ylabel="", title="Time per phase, T = 0")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # beside the bars, not over one
     return axes.figure
 
 
@@ -132,9 +133,24 @@ TABLE_FIGURES = {
 }
 
 
+# What each figure shows, for its caption in the paper (which adds the dtype and machine of the runs).
+CAPTIONS = {
+    "extra_tokens_per_step": "Extra tokens per step (τ − 1) per task and method at T = 0, as the Clover-2 paper plots them",
+    "speedup": "Speedup over plain decoding per task and method, with its 95 % bootstrap interval over questions, per temperature",
+    "depth_acceptance": "Per-depth acceptance at T = 0: of the steps whose path reached depth k, the share accepted there "
+                        "(mean over tasks, with its 95 % interval)",
+    "time_split": "Share of the wall time per phase (prefill, draft, verify, bookkeeping) per method at T = 0, mean over tasks",
+    "tau_vs_tree_size": "τ against the drafted tree's size (nodes per step) in the tree-size sweep, T = 0",
+    "verify_cost_vs_tree_size": "Milliseconds per verification against the tokens verified, beside a one-token step",
+    "learning_curve": "Held-out top-1 of each head's first prediction against training minutes and, where the run chose "
+                      "trees, the predicted τ of the head's chosen tree at each evaluation",
+    "ablation": "Clover-2's ablation: τ over the ablation tasks and the speedup with its 95 % CI per variant, the full method on top",
+}
+
+
 def write_figures(stats: pd.DataFrame, directory: Path, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Every figure as NAME.pdf and NAME.png in `directory` (those of TABLE_FIGURES when `tables` has
-    their table); returns the PDF paths."""
+    their table); returns the PDF paths (CAPTIONS says what each shows)."""
     written = []
     sns.set_theme(style="whitegrid", context="paper")
     drawings = {name: partial(draw, stats) for name, draw in FIGURES.items()}

@@ -58,6 +58,7 @@ def _question_row(record: dict, source: str) -> dict:
         "question_id": row.question_id,
         "temperature": settings.temperature,
         "dtype": settings.dtype,
+        "device": settings.device,
         "repeat": settings.repeat,
         "replicate": row.replicate,
         "head": settings.head,

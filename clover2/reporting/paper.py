@@ -13,7 +13,7 @@ import pandas as pd
 
 from clover2.atomic import atomic_write_bytes, atomic_write_text
 from clover2.errors import Clover2Error
-from clover2.reporting.render import markdown_text, to_latex
+from clover2.reporting.render import latex_text, markdown_text, to_latex
 from clover2.reporting.tables import SECTIONS, entry
 
 PAPER_PREAMBLE = r"""\documentclass{article}
@@ -35,7 +35,7 @@ $\tau$ is the mean number of tokens accepted per target forward, the bonus token
 def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory: Path, source: str) -> Path:
     """paper/: tables/NAME.tex, tables.md (every table, for reading on the web), figures/NAME.{pdf,png}
     and a main.tex that includes them all, section by section."""
-    from clover2.reporting.figures import write_figures
+    from clover2.reporting.figures import CAPTIONS, write_figures
 
     directory = Path(directory)
     for name, table in tables.items():
@@ -48,8 +48,10 @@ def write_paper(tables: dict[str, pd.DataFrame], stats: pd.DataFrame, directory:
         if names:
             body += [f"\\section{{{section}}}\n"] + [f"\\input{{tables/{name}}}\n" for name in names]
     body += ["\\clearpage\n\\section{Figures}\n"]
+    machine = stats.attrs.get("machine")
     body += [f"\\begin{{figure}}[H]\\centering\\includegraphics[width=0.8\\linewidth]{{figures/{f.name}}}"
-             f"\\caption{{{f.stem.replace('_', ' ')}}}\\end{{figure}}\n" for f in figures]
+             f"\\caption{{{latex_text(CAPTIONS[f.stem] + (f'; the target in {machine}' if machine else ''))}}}\\end{{figure}}\n"
+             for f in figures]
     body.append("\\end{document}\n")
     return atomic_write_text(directory / "main.tex", "\n".join(body))
 

@@ -10,7 +10,7 @@ from clover2.atomic import atomic_write_text
 from clover2.reporting.tables import title
 
 
-def _latex_text(text: str) -> str:
+def latex_text(text: str) -> str:
     """Caption text: % and _ escaped (a device such as x86_64 lands in a caption), symbols as math."""
     return _latex_symbols(text.replace("%", r"\%").replace("_", r"\_"))
 
@@ -29,7 +29,7 @@ def to_latex(name: str, table: pd.DataFrame) -> str:
     # A cell the run did not fill (say, a task the paper reports and this run skipped) shows a dash.
     body = _labelled(table).style.format(escape="latex", precision=2, na_rep="--")
     body = body.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    latex = body.to_latex(hrules=True, caption=_latex_text(title(name, table)), label=f"tab:{name}", position="H",
+    latex = body.to_latex(hrules=True, caption=latex_text(title(name, table)), label=f"tab:{name}", position="H",
                           position_float="centering", multicol_align="c")
     # Placed where written ([H]): a table reads in its section, not on a page of floats. One font
     # size for every table, small enough that the widest (two columns per task) fits the page.

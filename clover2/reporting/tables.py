@@ -511,7 +511,11 @@ def build_tables(
     swept = read_bench(sweep) if sweep else None
     records = Records(frame, summary(frame, baseline), baseline, tasks or {}, lossless, heads, questions, published, target,
                       swept, step_cost, ablation, trees, aa_ratio(decoded, baseline))
-    dtypes = ", ".join(sorted(set(frame["dtype"]) | (set(swept["dtype"]) if swept is not None else set())))
+    runs = pd.concat([frame, swept], ignore_index=True)  # concat drops a None
+    devices = ", ".join(sorted(set(runs["device"]) - {""}))
+    # Every speed is measured against plain decoding in its own job's dtype, on this machine: captions say which.
+    machine = ", ".join(sorted(set(runs["dtype"]))) + (f" on {devices}" if devices else "")
+    records.stats.attrs["machine"] = machine
     tables = {}
     for spec in TABLES:
         built = spec.build(records)
@@ -519,7 +523,7 @@ def build_tables(
             if table is None:
                 continue
             if spec.in_run_dtype:
-                table.attrs["dtype"] = dtypes  # every speed is measured against plain decoding in its own job's dtype
+                table.attrs["dtype"] = machine
             if spec.noise_checked:
                 table.attrs["note"] = aa_note(records.aa, float(member_temperature(spec, name)) if spec.family else None)
             tables[name] = table
