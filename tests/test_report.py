@@ -1,6 +1,7 @@
 """Tables and the paper directory from raw records: published vs reproduced, quality, LaTeX that TeX can read."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -199,6 +200,20 @@ def test_heads_add_learning_curves_of_heldout_top1_against_minutes(records, tmp_
     write_paper(tables, stats, tmp_path / "paper", "records")
     assert (tmp_path / "paper" / "figures" / "learning_curve.png").is_file()
     assert r"\input{tables/learning_curve}" in (tmp_path / "paper" / "main.tex").read_text()
+
+
+def test_every_speed_caption_and_figure_names_the_machine_its_runs_had(records, tmp_path):
+    for path in records:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row["provenance"]["device"] = "cpu: AMD EPYC (avx512_bf16)"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tables, stats = build_tables(records)
+    assert title("speedup_T0", tables["speedup_T0"]).endswith("; the target in float32 on cpu: AMD EPYC (avx512_bf16)")
+    write_paper(tables, stats, tmp_path / "paper", "records")
+    captions = re.findall(r"\\caption\{([^}]*)\}", (tmp_path / "paper" / "main.tex").read_text())
+    assert len(captions) == len(list((tmp_path / "paper" / "figures").glob("*.pdf"))) >= 3
+    assert all(caption.endswith(r"the target in float32 on cpu: AMD EPYC (avx512\_bf16)") for caption in captions), captions
 
 
 def test_speed_tables_name_the_dtype_and_the_lossless_table_counts_identical_near_tie_and_mismatch(records, tmp_path):
