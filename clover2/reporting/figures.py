@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from clover2.atomic import atomic_write_bytes  # noqa: E402
 
@@ -52,6 +53,7 @@ def depth_figure(stats: pd.DataFrame):
     data = pd.DataFrame(rows, columns=["method", "task", "depth", "acceptance"])
     axes = sns.lineplot(data=data, x="depth", y="acceptance", hue="method", marker="o", seed=0)  # seeded CI band
     axes.set(ylim=(0, 1), title="Per-depth acceptance, T = 0 (mean over tasks)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # depths are whole levels
     return axes.figure
 
 
