@@ -184,13 +184,14 @@ def _check_drafting(key: str, method: str, options: dict) -> None:
     if method in METHODS:
         raise Clover2Error(f"config key '{key}': {method} drafts without a trained head, so it has no drafting options")
     allowed, planned = head_class(method).drafting_options, head_class(method).planned_options
-    for option, value in options.items():
+    for option in options:
         if option not in allowed:
             raise Clover2Error(f"config key '{key}.{option}': {method} heads can only change {', '.join(sorted(allowed))} when decoding")
-        if AUTO in (value if isinstance(value, list) else [value]) and option not in planned:
-            raise Clover2Error(f"config key '{key}.{option}': a {method} head's tree is chosen for the machine through "
-                               f"{' and '.join(sorted(planned))} ({option}: {AUTO} is not one of them)")
     chosen = _auto_options(options)
+    if chosen - planned:
+        option = sorted(chosen - planned)[0]
+        raise Clover2Error(f"config key '{key}.{option}': a {method} head's tree is chosen for the machine through "
+                           f"{' and '.join(sorted(planned))} ({option}: {AUTO} is not one of them)")
     if chosen and chosen != planned:
         missing = sorted(planned - chosen)[0]
         raise Clover2Error(f"config key '{key}.{missing}': a {method} head's {' and '.join(sorted(planned))} are chosen "
@@ -354,14 +355,15 @@ def acceptance_file(config: dict, method: str) -> str:
     """The acceptance profile a method's tree is chosen from: the one training left in its head directory,
     or, for a head whose tree is dynamic, the table the tree_acceptance job measures with the method's
     own drafting options (a dynamic tree depends on them, e.g. EAGLE-2's top_k)."""
-    if head_class(decodes_as(config, method)).dynamic_trees:
-        return f"{_root(config)}/acceptance/{method}.json"
-    return f"{head_dir(config, head_of(config, method))}/acceptance.json"
+    source = acceptance_source(config, method)
+    return source if source.endswith(".json") else f"{source}/acceptance.json"
 
 
 def acceptance_source(config: dict, method: str) -> str:
     """What makes a method's acceptance file: its head directory (training), or that file (tree_acceptance)."""
-    return acceptance_file(config, method) if head_class(decodes_as(config, method)).dynamic_trees else head_dir(config, head_of(config, method))
+    if head_class(decodes_as(config, method)).dynamic_trees:
+        return f"{_root(config)}/acceptance/{method}.json"
+    return head_dir(config, head_of(config, method))
 
 
 def fixed_drafting_flags(config: dict, method: str, prefix: str = "") -> str:
@@ -375,9 +377,13 @@ def acceptance_flags(config: dict, method: str) -> str:
     held-out conversations its head was trained without."""
     head = head_of(config, method)
     heldout = TrainConfig(method=head, **_train_settings(config, head)).resolved().heldout
-    settings = config.get("planning") or {}
     return (f"--method {decodes_as(config, method)} {fixed_drafting_flags(config, method)} --heldout {heldout} "
-            f"--max-nodes {settings.get('max_nodes', 63)}")
+            f"--max-nodes {_max_nodes(config)}")
+
+
+def _max_nodes(config: dict) -> int:
+    """The most drafted nodes a chosen tree may have (`planning.max_nodes`)."""
+    return (config.get("planning") or {}).get("max_nodes", 63)
 
 
 def calibrate_flags(config: dict) -> str:
@@ -385,7 +391,7 @@ def calibrate_flags(config: dict) -> str:
                      f"{fixed_drafting_flags(config, m, f'{m}:')}" for m in planned_methods(config))
     settings = config.get("planning") or {}
     return (f"{heads} --prompt-tokens {settings.get('prompt_tokens', 300)} --repeats {settings.get('repeats', 3)} "
-            f"--new-tokens {settings.get('new_tokens', 24)} --max-tokens {settings.get('max_nodes', 63) + 1}")
+            f"--new-tokens {settings.get('new_tokens', 24)} --max-tokens {_max_nodes(config) + 1}")
 
 
 def choose_flags(config: dict) -> str:
