@@ -11,7 +11,8 @@ after the shared `--train-flags`). Every head is
 trained by `clover2 train` for `--minutes` of wall time from its cache, then benched by `clover2 bench`
 at T = 0 on the same Spec-Bench questions with plain decoding interleaved. The work directory keeps
 heads and records, so an interrupted run resumes where it stopped. Prints a Markdown table: steps,
-held-out top-1 per depth, and per task τ and speedup (ratio of mean tokens/s), with their means.
+held-out loss and top-1 per depth (and the depth-1 positions they count), per task τ and speedup (ratio of mean tokens/s) with
+their means, and each variant's mean per-question τ over the first variant's with a paired bootstrap CI.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clover2.reporting.metrics import read_bench, summary
+from clover2.reporting.metrics import bootstrap_ci, read_bench, summary
 
 
 def main() -> None:
@@ -41,11 +42,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, required=True)
     args = parser.parse_args()
-    rows = []
+    rows, reference = [], None
     for label, cache, *options in args.variant:
         head = _train(args, label, cache, args.option + options)
         records = [_bench(args, label, head, task) for task in args.tasks]
-        rows.append({"variant": label, **_training(head), **_speed(records, args.method)})
+        questions = read_bench(records).query("method == @args.method")
+        reference = questions if reference is None else reference
+        rows.append({"variant": label, **_training(head), **_speed(records, args.method), **_against(questions, reference)})
         print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False, floatfmt=".2f"))
@@ -79,14 +82,25 @@ def _bench(args: argparse.Namespace, label: str, head: Path, task: str) -> Path:
 def _training(head: Path) -> dict:
     training = json.loads((head / "training.json").read_text())
     evals = [e for e in map(json.loads, (head / "train_log.jsonl").read_text().splitlines()) if "heldout" in e]
-    top1 = evals[-1]["heldout"]["top1"] if evals else []
-    return {"steps": training["steps"], **{f"top1 d{d}": value for d, value in enumerate(top1[:3], start=1)}}
+    last = evals[-1]["heldout"] if evals else {"loss": float("nan"), "positions": [0], "top1": []}
+    depths = {f"top1 d{d}": value for d, value in enumerate(last["top1"][:3], start=1)}
+    return {"steps": training["steps"], "held-out positions": last["positions"][0], "held-out loss": last["loss"], **depths}
 
 
 def _speed(records: list[Path], method: str) -> dict:
     rows = summary(read_bench(records)).query("method == @method").set_index("task")
     speed = {f"{task} τ": rows.at[task, "tau"] for task in rows.index} | {f"{task} ×": rows.at[task, "speedup"] for task in rows.index}
     return speed | {"mean τ": float(rows["tau"].mean()), "mean ×": float(rows["speedup"].mean())}
+
+
+def _against(questions: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Mean per-question τ over the first variant's on the same questions, with its paired bootstrap CI:
+    T = 0 decoding is deterministic, so only the choice of questions makes τ uncertain."""
+    on = ["task", "question_id"]
+    pairs = questions.merge(reference, on=on, suffixes=("", "_ref"))
+    mine, theirs = (pairs["new_tokens"] / pairs["steps"]).to_numpy(), (pairs["new_tokens_ref"] / pairs["steps_ref"]).to_numpy()
+    low, high = bootstrap_ci(mine, theirs)
+    return {"questions": len(pairs), "τ / first": float(mine.mean() / theirs.mean()), "CI low": low, "CI high": high}
 
 
 def _run(command: list[str]) -> None:
