@@ -46,9 +46,10 @@ def main() -> None:
     for label, cache, *options in args.variant:
         head = _train(args, label, cache, args.option + options)
         records = [_bench(args, label, head, task) for task in args.tasks]
-        questions = read_bench(records).query("method == @args.method")
+        frame = read_bench(records)
+        questions = frame.query("method == @args.method")
         reference = questions if reference is None else reference
-        rows.append({"variant": label, **_training(head), **_speed(records, args.method), **_against(questions, reference)})
+        rows.append({"variant": label, **_training(head), **_speed(frame, args.method), **_against(questions, reference)})
         print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False, floatfmt=".2f"))
@@ -87,8 +88,8 @@ def _training(head: Path) -> dict:
     return {"steps": training["steps"], "held-out positions": last["positions"][0], "held-out loss": last["loss"], **depths}
 
 
-def _speed(records: list[Path], method: str) -> dict:
-    rows = summary(read_bench(records)).query("method == @method").set_index("task")
+def _speed(frame: pd.DataFrame, method: str) -> dict:
+    rows = summary(frame).query("method == @method").set_index("task")
     speed = {f"{task} τ": rows.at[task, "tau"] for task in rows.index} | {f"{task} ×": rows.at[task, "speedup"] for task in rows.index}
     return speed | {"mean τ": float(rows["tau"].mean()), "mean ×": float(rows["speedup"].mean())}
 
