@@ -209,7 +209,11 @@ def _private_root() -> tuple[str, ...]:
         mounts += ["--perms", "0555", "--tmpfs", site]
     mounts += ["--size", str(SCRATCH_BYTES), "--perms", "0777", "--tmpfs", SCRATCH,
                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    return ("--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", *identity, *mounts)
+    # No --new-session: it put the namespace's init in a session of its own, out of reach of a killpg on
+    # the sandbox's group, and --die-with-parent did not always take it down (CI, kernel 6.18: bwrap and
+    # the sample outlived their killed parent). Popen's start_new_session already leaves the sample
+    # without a controlling terminal, which is what --new-session guarded.
+    return ("--die-with-parent", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", *identity, *mounts)
 
 
 def _top_level_links() -> list[str]:
