@@ -8,7 +8,6 @@ Without Slurm these tests skip, saying why; with CLOVER2_REQUIRE_SLURM=1 (CI) th
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from clover2.workflow import train_flags
+from slurm_cluster import alive, cluster_sh, daemon_pids, require_slurm
 from workflow_runs import (
     ROOT,
     SMOKE,
@@ -30,52 +30,29 @@ from workflow_runs import (
     timed_snakemake,
 )
 
-CLUSTER = ROOT / "workflow" / "profiles" / "slurm" / "testing" / "cluster.sh"
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
-DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "sacct", "munged", "mariadbd")
 SACCT = ["sacct", "-X", "--parsable2", "--noheader", "--starttime", "now-1days",
          "--format=JobIDRaw,JobName,State,Partition,AllocCPUS,ReqMem,Timelimit,ReqTRES,Comment"]
 
 pytestmark = pytest.mark.slow
 
 
-def _unavailable() -> str | None:
-    missing = [name for name in DAEMONS if shutil.which(name) is None]
-    if missing:
-        return f"Slurm is not installed here ({', '.join(missing)} missing; README 'Running on a cluster')"
-    if os.geteuid() != 0:
-        return "the test cluster's daemons run as root"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The environment that reaches the test cluster, started for this module and stopped after it."""
-    reason = _unavailable()
-    if reason and os.environ.get("CLOVER2_REQUIRE_SLURM") == "1":
-        pytest.fail(f"CLOVER2_REQUIRE_SLURM=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+    require_slurm()
     directory = tmp_path_factory.mktemp("slurm") / "cluster"
-    started = subprocess.run([str(CLUSTER), "start", str(directory)], capture_output=True, text=True, timeout=600)
-    pids = [int(path.read_text()) for path in (directory / "run").glob("*.pid")] if (directory / "run").is_dir() else []
+    started = cluster_sh("start", directory)
+    pids = daemon_pids(directory)
     try:
         if started.returncode != 0:
             pytest.fail(f"the test cluster did not start:\n{started.stderr[-3000:]}")
         yield {"SLURM_CONF": str(directory / "slurm.conf")}
     finally:
-        stopped = subprocess.run([str(CLUSTER), "stop", str(directory)], capture_output=True, text=True, timeout=300)
+        stopped = cluster_sh("stop", directory)
         assert stopped.returncode == 0, stopped.stderr[-3000:]
-        assert not [pid for pid in pids if _alive(pid)], "a daemon of the test cluster outlived `cluster.sh stop`"
+        assert not [pid for pid in pids if alive(pid)], "a daemon of the test cluster outlived `cluster.sh stop`"
         assert subprocess.run(["pgrep", "slurmstepd"], capture_output=True).returncode == 1, "a job step outlived the cluster"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@
 # Runs as root, with Debian's packages (README "Running on a cluster"):
 #   apt-get install -y slurm-wlm slurmdbd munge mariadb-server
 # Everything it writes lives under DIR (default /tmp/clover2-slurm), except what Slurm's clients look for
-# in standard places: a link /etc/slurm/slurm.conf -> DIR/slurm.conf (it refuses to start where that
-# file exists), and munged's socket in /run/munge when no munged runs yet. `stop` removes both.
+# in standard places: a link /etc/slurm/slurm.conf -> DIR/slurm.conf, and munged's socket in /run/munge
+# when no munged runs yet. `stop` removes both. `start` refuses where that file exists, unless it is the
+# link of a test cluster whose run ended without `stop` (a test run killed mid-suite): its directory gone
+# or its controller dead. That cluster's daemons are killed and its link and directory removed first.
 # slurmdbd keeps the accounting that `sacct` reads, which is how Snakemake's SLURM executor learns that a
 # job ended, as on a real cluster. The daemons listen on this machine's ports 6817-6819 and 3307.
 set -euo pipefail
@@ -93,12 +95,50 @@ EOF
   chmod 600 "$DIR/slurmdbd.conf"  # slurmdbd refuses a config that others can read
 }
 
+# The daemons (and job steps) of the test cluster configured by $1: Slurm's and MariaDB's processes
+# started with SLURM_CONF=$1 in their environment, as `start` launches them.
+cluster_processes() {
+  local proc
+  for proc in /proc/[0-9]*; do
+    case "$(cat "$proc/comm" 2> /dev/null)" in
+      slurmctld|slurmd|slurmdbd|slurmstepd|munged|mariadbd) ;;
+      *) continue ;;
+    esac
+    if grep -qzxF "SLURM_CONF=$1" "$proc/environ" 2> /dev/null; then echo "${proc#/proc/}"; fi
+  done
+  return 0
+}
+
+retire_stale_cluster() {
+  [ -L "$SYSTEM_CONF" ] || return 0
+  local conf old pid
+  conf="$(readlink "$SYSTEM_CONF")"
+  old="$(dirname "$conf")"
+  if [ -e "$conf" ]; then
+    grep -qxF "ClusterName=$CLUSTER" "$conf" || return 0  # not a test cluster's: `start` refuses it
+    pid="$(cat "$old/run/slurmctld.pid" 2> /dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null; then
+      fail "a test cluster runs at $old ($SYSTEM_CONF links to it): cluster.sh stop $old first"
+    fi
+  fi
+  log "retiring the test cluster at $old: its run ended without cluster.sh stop"
+  cluster_processes "$conf" | xargs -r kill -KILL 2> /dev/null || true
+  for _ in $(seq 30); do  # its ports are free once its daemons are gone
+    [ -z "$(cluster_processes "$conf")" ] && break
+    sleep 1
+  done
+  rm -f "$SYSTEM_CONF"
+  [ -d "$old/run" ] && rm -rf "$old"
+  return 0
+}
+
 start() {
   for tool in slurmctld slurmd slurmdbd munged mariadbd mariadb-install-db sinfo sacct; do
     command -v "$tool" > /dev/null || fail "$tool is missing: apt-get install -y slurm-wlm slurmdbd munge mariadb-server"
   done
   [ "$(id -u)" = 0 ] || fail "the test cluster's daemons run as root"
   [ -e "$DIR/run" ] && fail "$DIR already holds a cluster: cluster.sh stop $DIR first"
+  retire_stale_cluster
   if [ -e "$SYSTEM_CONF" ] || [ -L "$SYSTEM_CONF" ]; then
     fail "$SYSTEM_CONF exists ($(readlink -f "$SYSTEM_CONF")): this machine has a Slurm configuration that the test cluster would shadow; stop that cluster first"
   fi
