@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from clover2.errors import Clover2Error
 from clover2.reporting import tables as report_tables
+from clover2.reporting.figures import laid_out, speedup_figure, time_split_figure, verify_cost_figure
 from clover2.reporting.paper import compile_pdf, write_paper
 from clover2.reporting.render import write_tables
 from clover2.reporting.tables import title
@@ -124,13 +125,19 @@ def test_a_sweep_adds_the_tree_size_table_and_the_tau_against_tree_size_figure(r
     assert (tmp_path / "paper" / "figures" / "tau_vs_tree_size.png").is_file() and "tau_vs_tree_size.pdf" in main
 
 
-def test_steps_with_tree_sizes_add_the_verify_cost_table_and_figure_from_bench_and_sweep(records, tmp_path):
+@pytest.fixture
+def sized_tables(records, tmp_path):
+    """The tables of records whose steps carry tree sizes, from a bench and a sweep."""
     def turn(size, steps, seconds):  # verify takes a quarter of `seconds`; steps after the prefill
         return _turn(steps + 1, seconds) | {"tree_sizes": [size] * steps}
 
     bench = [_row("vanilla", "0", [turn(0, 4, 0.016)]), _row("eagle", "0", [turn(25, 4, 0.032)])]
     sweep = [_row("eagle", "0", [turn(size, 2, 0.008 * (1 + size / 8))], drafting=[f"eagle:tree=chain_{size}"]) for size in (3, 6)]
-    tables, stats = build_tables([*records, _file(tmp_path / "bench.jsonl", bench)], sweep=[_file(tmp_path / "sweep.jsonl", sweep)])
+    return build_tables([*records, _file(tmp_path / "bench.jsonl", bench)], sweep=[_file(tmp_path / "sweep.jsonl", sweep)])
+
+
+def test_steps_with_tree_sizes_add_the_verify_cost_table_and_figure_from_bench_and_sweep(sized_tables, tmp_path):
+    tables, stats = sized_tables
     cost = tables["verify_cost"]
     assert list(cost.index) == [("vanilla", ""), ("eagle", "tree=chain_3"), ("eagle", "tree=chain_6"), ("eagle", "")]
     assert list(cost["tokens"]) == [1, 4, 7, 26] and list(cost["ms_per_verify"]) == pytest.approx([1, 1.375, 1.75, 2])
@@ -139,6 +146,19 @@ def test_steps_with_tree_sizes_add_the_verify_cost_table_and_figure_from_bench_a
     assert "\\input{tables/verify_cost}" in main and "verify_cost_vs_tree_size.pdf" in main
     assert (tmp_path / "paper" / "figures" / "verify_cost_vs_tree_size.png").is_file()
     assert f"### {title('verify_cost')}" in (tmp_path / "paper" / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("draw", [
+    lambda tables, stats: speedup_figure(stats),
+    lambda tables, stats: time_split_figure(stats),
+    lambda tables, stats: verify_cost_figure(tables["verify_cost"]),
+], ids=["speedup", "time_split", "verify_cost"])
+def test_a_figure_of_many_series_keeps_its_legend_beside_its_axes_and_inside_the_page(sized_tables, draw):
+    figure = laid_out(draw(*sized_tables))
+    figure.canvas.draw()
+    legend = figure.axes[-1].get_legend().get_window_extent()
+    assert not [axes for axes in figure.axes if legend.overlaps(axes.get_window_extent())]
+    assert figure.bbox.x0 <= legend.x0 and legend.x1 <= figure.bbox.x1 and legend.y1 <= figure.bbox.y1
 
 
 @pytest.mark.skipif(not PUBLISHED.is_file(), reason="needs ../shared/reference beside the project")

@@ -18,6 +18,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from clover2.atomic import atomic_write_bytes  # noqa: E402
 
 
+def legend_beside(axes) -> None:
+    """The legend right of the axes, out of the data's way: these figures have up to ten series and
+    no corner free of points."""
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+
+
 def extra_tokens_figure(stats: pd.DataFrame):
     """The Clover-2 paper's bar chart: extra tokens per step (τ − 1) per task and method, T = 0."""
     data = stats[(stats["temperature"] == 0) & stats["speedup"].notna()]  # the baseline has no speedup
@@ -42,7 +48,7 @@ def speedup_figure(stats: pd.DataFrame):
         axes.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
         axes.set_title(f"T = {temperature:g}")
     panels[0][0].set_ylabel("speedup over plain decoding")
-    panels[0][-1].legend(fontsize="small")
+    legend_beside(panels[0][-1])
     return figure
 
 
@@ -66,7 +72,7 @@ def time_split_figure(stats: pd.DataFrame):
     table = exact.groupby("method")[shares].mean().rename(columns=lambda c: c.removesuffix("_share"))
     axes = table.plot.barh(stacked=True)
     axes.set(xlabel="share of wall time", ylabel="", title="Time per phase, T = 0")
-    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")  # beside the bars, not over one
+    legend_beside(axes)
     return axes.figure
 
 
@@ -84,7 +90,7 @@ def verify_cost_figure(cost: pd.DataFrame):
     plain = data.loc[data["tokens"] == 1, "ms_per_verify"]
     if len(plain):  # the runs that verify the root alone: plain decoding
         axes.axhline(plain.mean(), color="black", linewidth=0.8, linestyle=":", label="one-token step")
-        axes.legend(fontsize="small")
+    legend_beside(axes)
     axes.set(xlabel="tokens per verification (drafted nodes + root)", ylabel="ms per verification", ylim=(0, None),
              title="Verification cost against tree size")
     return axes.figure
@@ -150,6 +156,13 @@ CAPTIONS = {
 }
 
 
+def laid_out(figure):
+    """The figure at the paper's size, its axes and their legends fitted inside it."""
+    figure.set_size_inches(8, 4)
+    figure.tight_layout()
+    return figure
+
+
 def write_figures(stats: pd.DataFrame, directory: Path, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Every figure as NAME.pdf and NAME.png in `directory` (those of TABLE_FIGURES when `tables` has
     their table); returns the PDF paths (CAPTIONS says what each shows)."""
@@ -162,8 +175,7 @@ def write_figures(stats: pd.DataFrame, directory: Path, tables: dict[str, pd.Dat
         figure = draw()
         if figure is None:  # the records cannot fill it
             continue
-        figure.set_size_inches(8, 4)
-        figure.tight_layout()
+        laid_out(figure)
         for suffix in ("pdf", "png"):
             tmp = Path(directory) / f".{name}.{suffix}.tmp"
             tmp.parent.mkdir(parents=True, exist_ok=True)
