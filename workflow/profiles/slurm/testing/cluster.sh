@@ -11,8 +11,9 @@
 # Everything it writes lives under DIR (default /tmp/clover2-slurm), except what Slurm's clients look for
 # in standard places: a link /etc/slurm/slurm.conf -> DIR/slurm.conf, and munged's socket in /run/munge
 # when no munged runs yet. `stop` removes both. `start` refuses where that file exists, unless it is the
-# link of a test cluster whose run ended without `stop` (a test run killed mid-suite): its directory gone
-# or its controller dead. That cluster's daemons are killed and its link and directory removed first.
+# link of a test cluster whose run ended without `stop` (a test run killed mid-suite): its directory gone,
+# its controller dead, or the process that started it (its owner, as a test session) gone. That cluster's
+# daemons are killed and its link and directory removed first.
 # slurmdbd keeps the accounting that `sacct` reads, which is how Snakemake's SLURM executor learns that a
 # job ended, as on a real cluster. The daemons listen on this machine's ports 6817-6819 and 3307.
 set -euo pipefail
@@ -109,6 +110,18 @@ cluster_processes() {
   return 0
 }
 
+# When process $1 started (clock ticks after boot): with its PID, it names the process, whose PID may be reused.
+process_start() {
+  sed 's/.*) //' "/proc/$1/stat" 2> /dev/null | cut -d' ' -f20
+}
+
+# The process that started the cluster in $1 (`start`'s parent, as a test session) still runs.
+owner_alive() {
+  local pid started
+  read -r pid started < "$1/run/owner" 2> /dev/null || return 1
+  [ -n "$started" ] && [ "$(process_start "$pid")" = "$started" ]
+}
+
 retire_stale_cluster() {
   [ -L "$SYSTEM_CONF" ] || return 0
   local conf old pid
@@ -117,8 +130,8 @@ retire_stale_cluster() {
   if [ -e "$conf" ]; then
     grep -qxF "ClusterName=$CLUSTER" "$conf" || return 0  # not a test cluster's: `start` refuses it
     pid="$(cat "$old/run/slurmctld.pid" 2> /dev/null || true)"
-    if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null; then
-      fail "a test cluster runs at $old ($SYSTEM_CONF links to it): cluster.sh stop $old first"
+    if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null && owner_alive "$old"; then
+      fail "a test cluster runs at $old for process $(cut -d' ' -f1 "$old/run/owner") ($SYSTEM_CONF links to it): cluster.sh stop $old first"
     fi
   fi
   log "retiring the test cluster at $old: its run ended without cluster.sh stop"
@@ -143,6 +156,7 @@ start() {
     fail "$SYSTEM_CONF exists ($(readlink -f "$SYSTEM_CONF")): this machine has a Slurm configuration that the test cluster would shadow; stop that cluster first"
   fi
   mkdir -p "$DIR"/{run,log,state,spool,mysql}
+  echo "$PPID $(process_start "$PPID")" > "$DIR/run/owner"
   export SLURM_CONF="$DIR/slurm.conf"
   write_configs
   mkdir -p "$(dirname "$SYSTEM_CONF")"
