@@ -140,6 +140,13 @@ def test_without_bubblewrap_scoring_refuses_naming_the_package(monkeypatch):
         sandbox._check_bubblewrap.cache_clear()
 
 
+def test_each_sample_process_may_compute_for_its_wall_time_and_a_second_more():
+    """What bounds a sample whose runner was killed before it could kill the sandbox: SIGXCPU after
+    the wall-time limit (+1 s) of CPU time, SIGKILL a second later."""
+    program = "import resource, sys\nsys.stderr.write(repr(resource.getrlimit(resource.RLIMIT_CPU)))\n"
+    assert run_sandboxed(program, timeout=2.5).output == "(4, 5)"
+
+
 def test_a_sandbox_killed_from_outside_leaves_no_process():
     """The whole PID namespace goes with bwrap: SIGKILL to the sandbox's group leaves nothing running."""
     command = [*sandbox._bwrap_command(Path(__file__)), sandbox._interpreter(), "-I", "-S", "-c",

@@ -9,8 +9,10 @@ capabilities and no_new_privs, and sees a private root holding only
 - an empty /tmp, a private /proc (its own processes only) and a minimal /dev.
 The host's home, the checkout and every other file are not there to read or write; the network
 namespace has only its own loopback. Limits: a wall-time limit (the whole PID namespace dies with
-it), an address space of 512 MB, 16 MB per file and per output stream, and a process cap for
-nobody (counted over the machine, so a fork bomb stops at a few dozen processes).
+it), as much CPU time per process (and 1 s more: a sample whose runner was killed before it could
+kill the sandbox stops computing by itself), an address space of 512 MB, 16 MB per file and per
+output stream, and a process cap for nobody (counted over the machine, so a fork bomb stops at a
+few dozen processes).
 
 A second layer runs inside the interpreter: an audit hook that refuses processes, sockets, native
 libraries and writes outside /sandbox, so such an attempt fails the sample with a reason even where
@@ -22,6 +24,7 @@ so rebinding names in `__main__` changes nothing.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import resource
 import shutil
@@ -116,7 +119,7 @@ def _run(program: str, timeout: float, memory_mb: int, audit_hook: bool) -> Sand
         sample.write_text(program, encoding="utf-8")
         command = [*_bwrap_command(sample), _interpreter(), "-I", "-S", "-c", _BOOTSTRAP, f"{SCRATCH}/sample.py", str(NOBODY),
                    "audit" if audit_hook else "none"]
-        limits = functools.partial(_limit, memory_mb * 2**20, _tasks_of(_sandbox_uid()) + PROCESS_HEADROOM)
+        limits = functools.partial(_limit, memory_mb * 2**20, _tasks_of(_sandbox_uid()) + PROCESS_HEADROOM, math.ceil(timeout) + 1)
         with tempfile.TemporaryFile(dir=host_dir) as stdout, tempfile.TemporaryFile(dir=host_dir) as stderr:
             process = subprocess.Popen(command, cwd=host_dir, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
                                        stdout=stdout, stderr=stderr, start_new_session=True, preexec_fn=limits)
@@ -146,8 +149,9 @@ def _tail(handle, size: int = 2000) -> str:
     return handle.read().decode("utf-8", "replace")
 
 
-def _limit(memory_bytes: int, processes: int) -> None:
+def _limit(memory_bytes: int, processes: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))  # SIGXCPU, then SIGKILL
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
