@@ -13,6 +13,12 @@ at T = 0 on the same Spec-Bench questions with plain decoding interleaved. The w
 heads and records, so an interrupted run resumes where it stopped. Prints a Markdown table: steps,
 held-out loss and top-1 per depth (and the depth-1 positions they count), per task τ and speedup (ratio of mean tokens/s) with
 their means, and each variant's mean per-question τ over the first variant's with a paired bootstrap CI.
+
+A second training seed can move τ more than the choice a variant makes, and the CI covers the
+questions only. `--seeds 0 1 2` trains every variant once per seed (train.seed, runs LABEL_seedS),
+compares each run with the first variant's run of the same seed, and adds a row per variant over its
+seeds: per-question τ averaged over the seeds, its ratio to the first variant's with the CI over
+questions, and the lowest and highest ratio of a single seed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clover2.reporting.metrics import bootstrap_ci, read_bench, summary
@@ -41,16 +48,21 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", help="train every variant once per seed (default: once, at the train flags' seed)")
     args = parser.parse_args()
-    rows, reference = [], None
-    for label, cache, *options in args.variant:
-        head = _train(args, label, cache, args.option + options)
-        records = [_bench(args, label, head, task) for task in args.tasks]
-        frame = read_bench(records)
-        questions = frame.query("method == @args.method")
-        reference = questions if reference is None else reference
-        rows.append({"variant": label, **_training(head), **_speed(frame, args.method), **_against(questions, reference)})
-        print(json.dumps(rows[-1]), flush=True)
+    rows, taus, mean_taus = [], {}, {}  # variant -> per seed: per-question τ Series, mean τ over the tasks
+    for seed in args.seeds or [None]:  # seed by seed: an interrupted run has whole pairs to compare
+        for label, cache, *options in args.variant:
+            run = label if seed is None else f"{label}_seed{seed}"
+            head = _train(args, run, cache, args.option + options + ([] if seed is None else [f"train.seed={seed}"]))
+            frame = read_bench([_bench(args, run, head, task) for task in args.tasks])
+            taus.setdefault(label, []).append(_question_tau(frame.query("method == @args.method")))
+            first = taus[args.variant[0][0]][len(taus[label]) - 1]  # the first variant's run of the same seed
+            rows.append({"variant": run, **_training(head), **_speed(frame, args.method), **_against(taus[label][-1], first)})
+            mean_taus.setdefault(label, []).append(rows[-1]["mean τ"])
+            print(json.dumps(rows[-1]), flush=True)
+    if args.seeds:
+        rows += [_over_seeds(label, runs, taus[args.variant[0][0]], mean_taus[label]) for label, runs in taus.items()]
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False, floatfmt=".2f"))
     (args.work / "equal_budget.json").write_text(json.dumps({"rows": rows, "settings": vars(args) | {"work": str(args.work)}}, indent=2) + "\n")
@@ -94,14 +106,26 @@ def _speed(frame: pd.DataFrame, method: str) -> dict:
     return speed | {"mean τ": float(rows["tau"].mean()), "mean ×": float(rows["speedup"].mean())}
 
 
-def _against(questions: pd.DataFrame, reference: pd.DataFrame) -> dict:
+def _question_tau(questions: pd.DataFrame) -> pd.Series:
+    """τ of each question (its tokens over its steps), indexed by task and question."""
+    return (questions["new_tokens"] / questions["steps"]).set_axis(pd.MultiIndex.from_frame(questions[["task", "question_id"]]))
+
+
+def _against(mine: pd.Series, theirs: pd.Series) -> dict:
     """Mean per-question τ over the first variant's on the same questions, with its paired bootstrap CI:
     T = 0 decoding is deterministic, so only the choice of questions makes τ uncertain."""
-    on = ["task", "question_id"]
-    pairs = questions.merge(reference, on=on, suffixes=("", "_ref"))
-    mine, theirs = (pairs["new_tokens"] / pairs["steps"]).to_numpy(), (pairs["new_tokens_ref"] / pairs["steps_ref"]).to_numpy()
-    low, high = bootstrap_ci(mine, theirs)
-    return {"questions": len(pairs), "τ / first": float(mine.mean() / theirs.mean()), "CI low": low, "CI high": high}
+    mine, theirs = mine.align(theirs, join="inner")
+    low, high = bootstrap_ci(mine.to_numpy(), theirs.to_numpy())
+    return {"questions": len(mine), "τ / first": float(mine.mean() / theirs.mean()), "CI low": low, "CI high": high}
+
+
+def _over_seeds(label: str, runs: list[pd.Series], firsts: list[pd.Series], mean_taus: list[float]) -> dict:
+    """A variant over its seeds: per-question τ averaged over them against the first variant's, and
+    the range of the single seeds' ratios (what the CI over questions does not cover)."""
+    ratios = [_against(run, first)["τ / first"] for run, first in zip(runs, firsts)]
+    mean = pd.concat(runs, axis=1).mean(axis=1)
+    return {"variant": f"{label} (mean of {len(runs)} seeds)", "mean τ": float(np.mean(mean_taus)),
+            **_against(mean, pd.concat(firsts, axis=1).mean(axis=1)), "seed low": float(np.min(ratios)), "seed high": float(np.max(ratios))}
 
 
 def _run(command: list[str]) -> None:
