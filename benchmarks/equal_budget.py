@@ -50,19 +50,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", help="train every variant once per seed (default: once, at the train flags' seed)")
     args = parser.parse_args()
-    rows, taus, mean_taus = [], {}, {}  # variant -> per seed: per-question τ Series, mean τ over the tasks
+    rows, runs = [], {}  # runs: variant -> per seed, its per-question τ and its row
     for seed in args.seeds or [None]:  # seed by seed: an interrupted run has whole pairs to compare
         for label, cache, *options in args.variant:
             run = label if seed is None else f"{label}_seed{seed}"
             head = _train(args, run, cache, args.option + options + ([] if seed is None else [f"train.seed={seed}"]))
             frame = read_bench([_bench(args, run, head, task) for task in args.tasks])
-            taus.setdefault(label, []).append(_question_tau(frame.query("method == @args.method")))
-            first = taus[args.variant[0][0]][len(taus[label]) - 1]  # the first variant's run of the same seed
-            rows.append({"variant": run, **_training(head), **_speed(frame, args.method), **_against(taus[label][-1], first)})
-            mean_taus.setdefault(label, []).append(rows[-1]["mean τ"])
+            tau = _question_tau(frame.query("method == @args.method"))
+            first = tau if label == args.variant[0][0] else runs[args.variant[0][0]][-1][0]  # its run of this seed
+            rows.append({"variant": run, **_training(head), **_speed(frame, args.method), **_against(tau, first)})
+            runs.setdefault(label, []).append((tau, rows[-1]))
             print(json.dumps(rows[-1]), flush=True)
     if args.seeds:
-        rows += [_over_seeds(label, runs, taus[args.variant[0][0]], mean_taus[label]) for label, runs in taus.items()]
+        rows += [_over_seeds(label, seeded, runs[args.variant[0][0]]) for label, seeded in runs.items()]
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False, floatfmt=".2f"))
     (args.work / "equal_budget.json").write_text(json.dumps({"rows": rows, "settings": vars(args) | {"work": str(args.work)}}, indent=2) + "\n")
@@ -119,13 +119,14 @@ def _against(mine: pd.Series, theirs: pd.Series) -> dict:
     return {"questions": len(mine), "τ / first": float(mine.mean() / theirs.mean()), "CI low": low, "CI high": high}
 
 
-def _over_seeds(label: str, runs: list[pd.Series], firsts: list[pd.Series], mean_taus: list[float]) -> dict:
-    """A variant over its seeds: per-question τ averaged over them against the first variant's, and
-    the range of the single seeds' ratios (what the CI over questions does not cover)."""
-    ratios = [_against(run, first)["τ / first"] for run, first in zip(runs, firsts)]
-    mean = pd.concat(runs, axis=1).mean(axis=1)
-    return {"variant": f"{label} (mean of {len(runs)} seeds)", "mean τ": float(np.mean(mean_taus)),
-            **_against(mean, pd.concat(firsts, axis=1).mean(axis=1)), "seed low": float(np.min(ratios)), "seed high": float(np.max(ratios))}
+def _over_seeds(label: str, seeded: list[tuple[pd.Series, dict]], firsts: list[tuple[pd.Series, dict]]) -> dict:
+    """A variant over its seeds (per seed its per-question τ and row): per-question τ averaged over them
+    against the first variant's, and the range of the single seeds' ratios (what the CI over questions
+    does not cover)."""
+    ratios = [row["τ / first"] for _, row in seeded]
+    mean, first = (pd.concat([tau for tau, _ in runs], axis=1).mean(axis=1) for runs in (seeded, firsts))
+    return {"variant": f"{label} (mean of {len(seeded)} seeds)", "mean τ": float(np.mean([row["mean τ"] for _, row in seeded])),
+            **_against(mean, first), "seed low": float(np.min(ratios)), "seed high": float(np.max(ratios))}
 
 
 def _run(command: list[str]) -> None:
